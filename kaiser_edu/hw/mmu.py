@@ -281,8 +281,8 @@ class MMU:
         self._geom = np.array(
             [tlb is not None, cfg.l1_sets, cfg.l1_ways, cfg.l2_sets, cfg.l2_ways], dtype=np.int64
         )
-        self._tlb = np.zeros((cfg.l1_entries + cfg.l2_entries, 4), dtype=np.uint64)
-        self._tstate = np.zeros(5, dtype=np.uint64)
+        self._tlb = np.zeros((4, cfg.l1_entries + cfg.l2_entries), dtype=np.uint64)
+        self._tstate = np.zeros(6, dtype=np.uint64)
         self._pcid_flush = np.zeros(4096, dtype=np.uint64)
         self._counters = np.zeros(k.N_COUNTERS, dtype=np.int64)
         self._dummy8 = np.zeros(1, dtype=np.uint8)
@@ -359,7 +359,7 @@ class MMU:
         last_all, last_ng = int(self._tstate[k.T_LAST_ALL]), int(self._tstate[k.T_LAST_NG])
         out = []
         l1_rows = self.tlb_config.l1_entries
-        for r, (tag, stamp, data, lru) in enumerate(self._tlb.tolist()):
+        for r, (tag, stamp, data, lru) in enumerate(self._tlb.T.tolist()):
             glob = bool(tag >> 3 & 1)
             pcid = tag >> 4 & 0xFFF
             if not stamp or stamp <= last_all:
