@@ -1,0 +1,44 @@
+"""The ``kaiser-edu`` command: one entry point, one module per subcommand.
+
+Each subcommand lives with the code it drives and provides two functions:
+``add_arguments(parser)`` and ``run(args) -> int`` (the exit status). Modules are imported
+only when their subcommand runs, so ``kaiser-edu --help`` stays instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# name -> (module, one-line help)
+SUBCOMMANDS = {
+    "walk": ("kaiser_edu.hw.scenario", "translate the accesses of a JSON scenario file"),
+    "bench": ("kaiser_edu.perf.bench", "measure the simulator's speed against baselines"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="kaiser-edu",
+        description="An interactive course on x86-64 paging and kernel page-table isolation.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module, help_text) in SUBCOMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.set_defaults(_module=module)
+        importlib.import_module(module).add_arguments(p)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "_module", None):
+        parser.print_help()
+        return 2
+    return importlib.import_module(args._module).run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Measuring the simulator itself: ``kaiser-edu bench``."""
