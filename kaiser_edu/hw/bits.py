@@ -179,7 +179,7 @@ def describe_error_code(error_code: int) -> str:
 
     >>> describe_error_code(0x7)
     'user-mode write to a present page (protection violation)'
-    >>> describe_error_code(0x14)
+    >>> describe_error_code(0x10)
     'supervisor-mode instruction fetch from a not-present page'
     """
     who = "user-mode" if error_code & X86_PF_USER else "supervisor-mode"

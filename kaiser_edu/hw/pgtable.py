@@ -18,9 +18,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from kaiser_edu.errors import MappingError
+from kaiser_edu.errors import KaiserEduError, MappingError
 from kaiser_edu.hw import bits as b
-from kaiser_edu.hw.address import check_va, table_index
+from kaiser_edu.hw.address import check_va, is_user_half, table_index
 from kaiser_edu.hw.physmem import FrameAllocator, PhysMem
 
 _LEAF_LEVEL = {b.PAGE_SIZE: 1, b.PMD_SIZE: 2, b.PUD_SIZE: 3}
@@ -40,7 +40,10 @@ class Entry:
 
     @property
     def is_leaf(self) -> bool:
-        return self.present and (self.level == 1 or bool(self.value & b.PAGE_PSE))
+        """A PTE, or a PDE/PDPTE with PS=1. PS in a PML4E/PML5E is reserved, not a leaf."""
+        return self.present and (
+            self.level == 1 or (self.level <= 3 and bool(self.value & b.PAGE_PSE))
+        )
 
     def __str__(self) -> str:
         name = b.LEVEL_SDM_NAMES[self.level]
@@ -145,6 +148,8 @@ class PageTables:
         self._check_page(va, pa, b.PAGE_SIZE, flags)
         last = (n_pages - 1) * b.PAGE_SIZE
         self._check_page(va + last, pa + last, b.PAGE_SIZE, flags)
+        if is_user_half(va, self.levels) != is_user_half(va + last, self.levels):
+            raise MappingError(f"{n_pages} pages from {va:#x} would cross the non-canonical hole")
         chunks = list(self._pt_chunks(va, n_pages))
         for chunk_va, first, count in chunks:  # check everything before writing anything
             table = self._table_for(chunk_va, 1, flags, table_flags, dry_run=True)
@@ -187,9 +192,9 @@ class PageTables:
         entry = self.leaf(va)
         if entry is None:
             raise MappingError(f"cannot protect {va:#x}: it is not mapped")
-        frame_bits = self._addr_mask | b.PAGE_PSE
-        if entry.level > 1:
-            frame_bits &= ~b.PAGE_PAT_LARGE
+        frame_bits = self._addr_mask
+        if entry.level > 1:  # bit 7 is PS there (bit 12 is PAT); in a PTE bit 7 is PAT
+            frame_bits = (frame_bits & ~b.PAGE_PAT_LARGE) | b.PAGE_PSE
         if (set_bits | clear_bits) & frame_bits:
             raise MappingError(
                 f"protect() changes flag bits only; {(set_bits | clear_bits) & frame_bits:#x} "
@@ -203,7 +208,10 @@ class PageTables:
     def _check_page(self, va: int, pa: int, size: int, flags: int) -> int:
         if size not in _LEAF_LEVEL:
             raise MappingError(f"page size must be 4096, 2097152 or 1073741824, got {size!r}")
-        check_va(va, self.levels)
+        try:
+            check_va(va, self.levels)
+        except KaiserEduError as exc:
+            raise MappingError(str(exc)) from None
         if va & (size - 1):
             raise MappingError(f"virtual address {va:#x} is not aligned to {b.size_name(size)}")
         if not isinstance(pa, int) or pa < 0 or pa & (size - 1) or pa + size > 1 << self.mem.maxphyaddr:

@@ -35,6 +35,10 @@ class PhysMem:
     """
 
     def __init__(self, maxphyaddr: int = b.MAX_PHYADDR_BITS, initial_frames: int = 64):
+        if not 32 <= maxphyaddr <= b.MAX_PHYADDR_BITS:
+            raise KaiserEduError(f"maxphyaddr must be between 32 and 52, got {maxphyaddr!r}")
+        if initial_frames < 1:
+            raise KaiserEduError(f"initial_frames must be at least 1, got {initial_frames!r}")
         self.maxphyaddr = maxphyaddr
         self.pool = np.zeros(initial_frames * QWORDS_PER_FRAME, dtype=np.uint64)
         self.frames_in_use = 0
@@ -156,17 +160,22 @@ class FrameAllocator:
             )
         self.mem = mem
         self.ram_bytes = ram_bytes
-        self._next_pfn = first_pa >> b.PAGE_SHIFT
+        self._first_pfn = first_pa >> b.PAGE_SHIFT
+        self._next_pfn = self._first_pfn
         self._free: list[int] = []
+        self._free_set: set[int] = set()
 
     @property
     def frames_allocated(self) -> int:
-        return self._next_pfn - len(self._free)
+        """Frames handed out and not freed."""
+        return self._next_pfn - self._first_pfn - len(self._free)
 
     def alloc(self) -> int:
         """Physical address of a zeroed 4 KiB frame."""
         if self._free:
-            return self._free.pop() << b.PAGE_SHIFT
+            pfn = self._free.pop()
+            self._free_set.discard(pfn)
+            return pfn << b.PAGE_SHIFT
         return self.alloc_contig(1)
 
     def alloc_contig(self, n_frames: int, align: int = b.PAGE_SIZE) -> int:
@@ -184,14 +193,18 @@ class FrameAllocator:
                 f"out of simulated RAM: {n_frames} frame(s) requested, "
                 f"{self.ram_bytes >> 20} MiB configured (ram_bytes)"
             )
-        self._free.extend(range(self._next_pfn, pfn))  # alignment padding stays usable
+        padding = range(self._next_pfn, pfn)  # alignment padding stays usable
+        self._free.extend(padding)
+        self._free_set.update(padding)
         self._next_pfn = end
         return pfn << b.PAGE_SHIFT
 
     def free(self, pa: int) -> None:
         """Return a 4 KiB frame; its contents are cleared so the next user sees zeros."""
         pfn = pa >> b.PAGE_SHIFT
-        if pa & (b.PAGE_SIZE - 1) or pfn >= self._next_pfn or pfn in self._free:
+        if (pa & (b.PAGE_SIZE - 1) or not self._first_pfn <= pfn < self._next_pfn
+                or pfn in self._free_set):
             raise KaiserEduError(f"cannot free {pa:#x}: not an allocated 4 KiB frame")
         self.mem.zero_frame(pfn)
         self._free.append(pfn)
+        self._free_set.add(pfn)

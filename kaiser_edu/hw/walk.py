@@ -1,7 +1,7 @@
 """The page walk, in plain Python: the executable specification of x86-64 translation.
 
 This is the code the lessons show. It follows the Intel SDM Vol. 3A chapter 4 step by step
-and is deliberately short; the numba engine (:mod:`kaiser_edu.hw.engine`) implements the same
+and is deliberately short; the numba engine (:mod:`kaiser_edu.hw.mmu_kernels`) implements the same
 rules for speed and is tested against this file access by access.
 
 Rules (SDM section in brackets):

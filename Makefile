@@ -1,0 +1,107 @@
+# kaiser_edu: an interactive course on x86-64 paging and kernel page-table isolation.
+#
+#   make lab     create .venv if needed, then open the course in JupyterLab
+#   make test    create .venv if needed, then run every check (what CI runs)
+#   make bench   measure the simulator (kaiser-edu bench)
+#   make lint    ruff only
+#   make clean   remove caches and build output (keeps .venv)
+#
+# The environment is a plain venv made with the machine's python3, with the package
+# installed editable with its test extras. A stamp file records that it is done, so later
+# runs start at once; editing pyproject.toml reinstalls.
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.kaiser-edu-installed
+
+# numba's on-disk cache of compiled kernels: in the repo unless the caller chose one
+# (CI gives every run a fresh one: a truncated cache file raises EOFError, numba #10434).
+NUMBA_CACHE_DIR ?= $(CURDIR)/.numba_cache
+export NUMBA_CACHE_DIR
+
+PYTEST := $(BIN)/pytest
+LINT_PATHS := kaiser_edu $(wildcard tests)
+
+# `make lab` opens the tour if it exists, else the notebooks folder, else the repo.
+LAB_OPEN := $(if $(wildcard notebooks/00_tour.ipynb),notebooks/00_tour.ipynb,\
+              $(if $(wildcard notebooks),--LabApp.default_url=/lab/tree/notebooks))
+LAB_ARGS ?=
+# Jupyter refuses to run as root without this (containers, lab machines).
+LAB_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root)
+BENCH_ARGS ?=
+
+.PHONY: help venv lab test lint pytest property-nojit property-boundscheck bench clean
+
+help:
+	@sed -n '3,8s/^# //p' $(firstword $(MAKEFILE_LIST))
+
+# --- the environment ----------------------------------------------------------------------
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
+	  || { echo "kaiser_edu needs Python >= 3.11; '$(PYTHON)' is $$($(PYTHON) --version 2>&1)." \
+	          "Run e.g. make PYTHON=python3.11 $(MAKECMDGOALS)"; exit 1; }
+	@if ! $(BIN)/python -m pip --version >/dev/null 2>&1; then \
+	  echo "== creating $(VENV) with $$($(PYTHON) --version 2>&1)"; \
+	  $(PYTHON) -m venv --clear $(VENV); \
+	fi
+	@echo "== installing kaiser_edu and its test tools into $(VENV)"
+	$(BIN)/python -m pip install --disable-pip-version-check -e '.[test]'
+	@touch $@
+
+# --- using it -----------------------------------------------------------------------------
+
+# root_dir: the whole course is browsable (notebooks/, exercises/, ...), not only the
+# folder of the notebook that opens first.
+lab: $(STAMP)
+	$(BIN)/jupyter lab $(LAB_ROOT) --ServerApp.root_dir='$(CURDIR)' $(LAB_ARGS) $(LAB_OPEN)
+
+bench: $(STAMP)
+	$(BIN)/kaiser-edu bench $(BENCH_ARGS)
+
+# --- checks -------------------------------------------------------------------------------
+
+# Everything, in order: lint, the whole pytest suite (testpaths in pyproject.toml: tests/
+# and the doctests in kaiser_edu/), then the property tests again with numba's JIT off (the kernels run as plain
+# Python, so Python's own checks apply) and with bounds checking on. Those two reruns use
+# fewer hypothesis examples and their own numba caches: numba does not key its cache on
+# NUMBA_BOUNDSCHECK, so a shared cache would hand back kernels compiled without checks.
+test: lint pytest property-nojit property-boundscheck
+	@echo "== make test: all checks passed"
+
+lint: $(STAMP)
+	@echo "== ruff check $(LINT_PATHS)"
+	$(BIN)/ruff check $(LINT_PATHS)
+
+pytest: $(STAMP)
+	@echo "== pytest (everything)"
+	$(PYTEST)
+
+# Skipped, with a warning, while no test is marked `property` (pytest would exit 5).
+define run_property_tests
+	@echo "== property tests again with $(1)"
+	@export $(1) NUMBA_CACHE_DIR='$(NUMBA_CACHE_DIR)/$(2)' KAISER_HYPOTHESIS_PROFILE=quick; \
+	if [ "$$($(PYTEST) -q -m property --collect-only tests >/dev/null 2>&1; echo $$?)" = 5 ]; \
+	then echo "WARNING: no property tests to run"; \
+	else $(PYTEST) -m property tests; fi
+endef
+
+property-nojit: $(STAMP)
+	$(call run_property_tests,NUMBA_DISABLE_JIT=1,nojit)
+
+property-boundscheck: $(STAMP)
+	$(call run_property_tests,NUMBA_BOUNDSCHECK=1,boundscheck)
+
+# --- housekeeping -------------------------------------------------------------------------
+
+clean:
+	rm -rf .numba_cache .pytest_cache .hypothesis .ruff_cache test-artifacts build dist
+	find . -path ./$(VENV) -prune -o \( -name __pycache__ -o -name '*.egg-info' \
+	  -o -name .ipynb_checkpoints \) -type d -prune -exec rm -rf {} +
+	find . -path ./$(VENV) -prune -o \( -name '*.nbi' -o -name '*.nbc' \) -type f -exec rm -f {} +
