@@ -354,11 +354,6 @@ def run_trace(ops, addrs, args, pool, ht, ht_bits, regs, tlb, geom, tstate, pcid
                     entry = U0
                     idx = np.int64(-1)
                     level = 5 if (cr4 & CR4_LA57) != U0 else 4
-                    n_used = 0  # pool indices of the table entries that led to the leaf
-                    used0 = np.int64(-1)
-                    used1 = np.int64(-1)
-                    used2 = np.int64(-1)
-                    used3 = np.int64(-1)
                     fault = False
                     while True:
                         shift = u64(12 + 9 * (level - 1))
@@ -401,15 +396,9 @@ def run_trace(ops, addrs, args, pool, ht, ht_bits, regs, tlb, geom, tstate, pcid
                         nx = nx or (nxe and (entry & NX) != U0)
                         if leaf:
                             break
-                        if n_used == 0:
-                            used0 = idx
-                        elif n_used == 1:
-                            used1 = idx
-                        elif n_used == 2:
-                            used2 = idx
-                        else:
-                            used3 = idx
-                        n_used += 1
+                        if (entry & ACC) == U0:  # a table entry used on the way: set A
+                            pool[u64(idx)] = entry | ACC  # (kept even if a lower level faults)
+                            cnt[C_AD_WRITES] += 1
                         table = entry & addr_mask
                         level -= 1
                     pkey = (entry >> PKEY_SHIFT) & u64(0xF)
@@ -421,11 +410,6 @@ def run_trace(ops, addrs, args, pool, ht, ht_bits, regs, tlb, geom, tstate, pcid
                             err |= PF_PROT
                             if pk:
                                 err |= PF_PK
-                    # A in every table entry that led to the leaf or to the failing level
-                    for ti in (used0, used1, used2, used3):
-                        if ti >= 0 and (pool[u64(ti)] & ACC) == U0:
-                            pool[u64(ti)] |= ACC
-                            cnt[C_AD_WRITES] += 1
                     if fault:
                         outcome = OUT_PF
                     else:
