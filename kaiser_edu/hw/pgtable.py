@@ -20,7 +20,7 @@ import numpy as np
 
 from kaiser_edu.errors import KaiserEduError, MappingError
 from kaiser_edu.hw import bits as b
-from kaiser_edu.hw.address import check_va, is_user_half, table_index
+from kaiser_edu.hw.address import canonicalize, check_va, is_user_half, table_index
 from kaiser_edu.hw.physmem import FrameAllocator, PhysMem
 
 _LEAF_LEVEL = {b.PAGE_SIZE: 1, b.PMD_SIZE: 2, b.PUD_SIZE: 3}
@@ -130,7 +130,7 @@ class PageTables:
             self._check_leaf_slot(table | (table_index(va, leaf_level) << 3), leaf_level, va)
         table = self._table_for(va, leaf_level, flags, table_flags)
         value = pa | flags | b.PAGE_PRESENT | (b.PAGE_PSE if leaf_level > 1 else 0)
-        self.mem.write_qword(table | (table_index(va, leaf_level) << 3), value)
+        self.set_entry(leaf_level, table | (table_index(va, leaf_level) << 3), value)
 
     def map_range(
         self,
@@ -180,7 +180,7 @@ class PageTables:
                 f"cannot unmap {va:#x}: it is inside a {b.size_name(size)} page starting at "
                 f"{va & ~(size - 1):#x}; unmap the whole page from its start"
             )
-        self.mem.write_qword(entry.pa, 0)
+        self.set_entry(entry.level, entry.pa, 0)
         return entry.value
 
     def protect(self, va: int, set_bits: int = 0, clear_bits: int = 0) -> int:
@@ -201,8 +201,38 @@ class PageTables:
                 "touches the frame address or PS"
             )
         value = (entry.value | set_bits) & ~clear_bits
-        self.mem.write_qword(entry.pa, value)
+        self.set_entry(entry.level, entry.pa, value)
         return value
+
+    def set_entry(self, level: int, entry_pa: int, value: int) -> None:
+        """Write one paging-structure entry. Every write of a table entry made by this class
+        goes through here, so a kernel can hook its top level (Linux's native_set_p4d(),
+        where pti_set_user_pgtbl() mirrors user entries into the shadow PGD)."""
+        self.mem.write_qword(entry_pa, value)
+
+    def iter_leaves(self, start: int = 0, end: int = 1 << 47) -> Iterator[tuple[int, Entry]]:
+        """Every present leaf whose page starts in [start, end), as (va, Entry), in address
+        order. ``start``/``end`` are lower-half offsets or canonical addresses."""
+        yield from self._leaves(self.pgd_pa, self.levels, 0, start, end)
+
+    def _leaves(self, table: int, level: int, base: int, start: int, end: int):
+        span = 1 << b.level_shift(level)
+        frame = self.mem.slot(table >> b.PAGE_SHIFT)
+        if frame is None:
+            return
+        values = self.mem.frame_array(table >> b.PAGE_SHIFT).copy()
+        for index in np.flatnonzero(values & np.uint64(b.PAGE_PRESENT)):
+            va = base + int(index) * span
+            if level == self.levels and index >= 256:
+                va = canonicalize(va, self.levels)
+            if va + span <= start or va >= end:
+                continue
+            entry = Entry(level, table | (int(index) << 3), int(values[index]))
+            if entry.is_leaf:
+                if va >= start:
+                    yield va, entry
+            elif level > 1 and not (level >= 4 and entry.value & b.PAGE_PSE):
+                yield from self._leaves(entry.value & self._addr_mask, level - 1, va, start, end)
 
     # --- helpers ---------------------------------------------------------------------------
     def _check_page(self, va: int, pa: int, size: int, flags: int) -> int:
@@ -248,7 +278,7 @@ class PageTables:
                 if dry_run:
                     return None
                 new_table = self.alloc.alloc()
-                self.mem.write_qword(pa, new_table | table_flags)
+                self.set_entry(level, pa, new_table | table_flags)
                 table = new_table
                 continue
             if level < 4 and entry & b.PAGE_PSE:
@@ -259,7 +289,7 @@ class PageTables:
                 )
             if user and not entry & b.PAGE_USER and not dry_run:
                 # Upper levels must allow user access for a user leaf (U is ANDed).
-                self.mem.write_qword(pa, entry | b.PAGE_USER)
+                self.set_entry(level, pa, entry | b.PAGE_USER)
             table = entry & self._addr_mask
         return table
 

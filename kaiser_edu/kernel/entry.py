@@ -1,0 +1,346 @@
+"""Kernel entry and exit, executed through the simulated MMU (arch/x86/entry/entry_64.S).
+
+Each path is a short program of memory operations in the order the real entry code makes
+them, with the CR3 switches of arch/x86/entry/calling.h in between:
+
+SYSCALL   ``entry_SYSCALL_64``: fetch the entry text and spill the user RSP into the TSS's
+          ``sp2`` slot (both still on the user CR3: PTI maps exactly these), then
+          SWITCH_TO_KERNEL_CR3, load the task stack, push pt_regs, run do_syscall_64, and on
+          the way out switch to the entry (trampoline) stack, SWITCH_TO_USER_CR3, SYSRET,
+          and fetch the first user instruction.
+interrupt from user: the CPU reads the IDT, pushes the frame on the entry stack named by
+          TSS.sp0 (in the cpu_entry_area), fetches the entry stub; then as above. From
+          kernel mode: no stack switch and no CR3 switch.
+NMI       paranoid entry on its IST stack: SAVE_AND_SWITCH_TO_KERNEL_CR3 switches only if the
+          saved CR3 is a user one (bit 12), RESTORE_CR3 puts it back (and performs a pending
+          user-PCID flush).
+
+Because every fetch and stack access is a real access under the current CR3, the classic
+mistakes fail as they did on real kernels: entry text missing from the user tables faults on
+the first entry instruction, the #PF cannot be delivered (its handler is entry text too), the
+double fault neither, and the machine triple-faults; a missing switch back to the user CR3
+makes the first user instruction fault on the NX bit of the kernel copy of the user PGD.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from kaiser_edu.errors import KaiserEduError
+from kaiser_edu.hw import bits as b
+from kaiser_edu.hw.mmu import TraceBuilder
+from kaiser_edu.kernel.tlbstate import PTI_USER_PGTABLE_MASK
+
+KERNEL_WORK = 8  # kernel data accesses in a "typical" simple syscall (the benchmark's)
+
+
+class MachineReset(KaiserEduError):
+    """The simulated CPU triple-faulted: the machine reset."""
+
+
+@dataclass
+class Outcome:
+    """What a transition did: ``status`` is "ok", "killed" or "triple fault"."""
+
+    status: str
+    detail: str = ""
+    events: list = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+
+@dataclass
+class _Path:
+    """A program of MMU operations, each labelled with the step it belongs to."""
+
+    ops: TraceBuilder = field(default_factory=TraceBuilder)
+    labels: list[str] = field(default_factory=list)
+
+    def add(self, label: str, method: str, *args, **kwargs) -> _Path:
+        getattr(self.ops, method)(*args, **kwargs)
+        self.labels.append(label)
+        return self
+
+
+class EntryCode:
+    """The entry/exit paths of one :class:`~kaiser_edu.kernel.machine.Kernel`.
+
+    ``skip_switch_to_user_cr3`` reproduces a missed CR3 switch on the way out.
+    """
+
+    def __init__(self, kernel):
+        self.k = kernel
+        self.skip_switch_to_user_cr3 = False
+        self.halted = ""
+
+    # --- building blocks -------------------------------------------------------------------
+    @property
+    def isolated(self) -> bool:
+        return self.k.isolation.pgd_pair
+
+    def _switch_to_kernel_cr3(self, path: _Path, cr3: int) -> int:
+        if self.isolated:
+            cr3 = self.k.tlbstate.switch_to_kernel_cr3(cr3)
+            path.add("SWITCH_TO_KERNEL_CR3", "mov_cr3", cr3 & ~b.X86_CR3_PCID_NOFLUSH,
+                     noflush=bool(cr3 & b.X86_CR3_PCID_NOFLUSH))
+        return cr3 & ~b.X86_CR3_PCID_NOFLUSH
+
+    def _switch_to_user_cr3(self, path: _Path, cr3: int) -> int:
+        if self.isolated and not self.skip_switch_to_user_cr3:
+            cr3 = self.k.tlbstate.switch_to_user_cr3(cr3)
+            path.add("SWITCH_TO_USER_CR3", "mov_cr3", cr3 & ~b.X86_CR3_PCID_NOFLUSH,
+                     noflush=bool(cr3 & b.X86_CR3_PCID_NOFLUSH))
+        return cr3 & ~b.X86_CR3_PCID_NOFLUSH
+
+    def _kernel_work(self, path: _Path, task, handler: str, work: int) -> None:
+        img = self.k.image
+        path.add("kernel", "fetch", img.symbol(handler), cpl=0)
+        hot = img.percpu("percpu_hot")
+        for i in range(work):  # per-CPU data and the task's stack, alternating
+            if i % 2:
+                path.add("kernel", "read", hot + 8 * (i % 64), cpl=0)
+            else:
+                path.add("kernel", "write", task.stack_top - 0x200 - 8 * i, cpl=0)
+
+    def _push_pt_regs(self, path: _Path, task, label: str) -> None:
+        path.add(label, "read", self.k.image.percpu("percpu_hot"), cpl=0)  # top_of_stack
+        for slot in range(1, 5):
+            path.add(label, "write", task.stack_top - 8 * slot, cpl=0)
+
+    def _exit_to_user(self, path: _Path, task, stub: str, cr3: int) -> None:
+        k = self.k
+        path.add("exit", "read", task.stack_top - 8, cpl=0)  # pop the saved registers
+        path.add("exit", "fetch", k.image.symbol(stub), cpl=0)
+        path.add("exit", "write", k.cea("entry stack") + 0xF00, cpl=0)  # trampoline stack
+        self._switch_to_user_cr3(path, cr3)
+        path.add("user", "fetch", task.user_rip, cpl=3)  # the first user instruction
+
+    # --- running a path ----------------------------------------------------------------------
+    def _run(self, kind: str, path: _Path, task) -> Outcome:
+        if self.halted:
+            raise MachineReset(f"the machine is halted: {self.halted}")
+        k = self.k
+        cr3_before = k.cr3
+        result = k.run_ops(path.ops)
+        done = result.n_done
+        fault = None if done == 0 or result[done - 1].ok else result[done - 1]
+        if fault is None:
+            k.log(kind, cr3_before, 3, 3, result, noflush=_noflush(path), detail="")
+            return Outcome("ok", events=[k.events[-1]])
+        label = path.labels[done - 1]
+        k.log(kind, cr3_before, 3, 0, result, fault=str(fault), detail=f"fault in {label}")
+        if label == "user":
+            return self._user_fault_after_exit(task, fault)
+        return self._deliver_kernel_fault(fault, label)
+
+    def _deliver_kernel_fault(self, fault, label: str) -> Outcome:
+        """A #PF at CPL 0: the CPU reads the IDT and fetches asm_exc_page_fault; if that
+        faults too it raises #DF on its IST stack and fetches asm_exc_double_fault; a fault
+        while delivering #DF shuts the CPU down (triple fault)."""
+        k = self.k
+        for vector, handler, stack in (("#PF", "asm_exc_page_fault", None),
+                                       ("#DF", "asm_exc_double_fault", "#DF stack")):
+            path = _Path()
+            path.add("idt", "read", k.cea("IDT (read-only)") + (14 if vector == "#PF" else 8) * 16,
+                     cpl=0)
+            if stack:
+                path.add("ist", "write", k.cea(stack) + 0xF00, cpl=0)
+            path.add("handler", "fetch", k.image.symbol(handler), cpl=0)
+            cr3 = k.cr3
+            result = k.run_ops(path.ops)
+            if result[result.n_done - 1].ok:
+                # The handler runs: a kernel-mode fault it cannot fix is an oops.
+                k.log("oops", cr3, 0, 0, result, fault=str(fault),
+                      detail=f"{vector} handler reached after a fault in {label}")
+                self.halted = f"kernel oops: {fault} in {label}"
+                return Outcome("oops", self.halted, [k.events[-1]])
+            k.log("double_fault" if vector == "#PF" else "triple_fault", cr3, 0, 0, result,
+                  fault=str(result[result.n_done - 1]),
+                  detail=f"could not deliver {vector}: {handler} is not mapped by CR3 {cr3:#x}")
+        self.halted = (f"triple fault: {fault} in {label}, and neither the #PF nor the #DF "
+                       "handler is mapped in the current page tables; the CPU shut down")
+        return Outcome("triple fault", self.halted, list(k.events)[-3:])
+
+    def _user_fault_after_exit(self, task, fault) -> Outcome:
+        """The first user instruction faulted. With a user CR3 that is an ordinary demand
+        fault; on the kernel CR3 it is the NX bit that pti_set_user_pgtbl() put on the
+        kernel copy of every user PGD entry."""
+        k = self.k
+        on_kernel_pgd = self.isolated and not k.cr3 & PTI_USER_PGTABLE_MASK
+        if on_kernel_pgd:
+            k.exit(task, "killed: NX fault on the first user instruction (error code "
+                         f"{fault.error_code:#x}): user code ran on the kernel CR3")
+            return Outcome("killed", task.exit_reason, [k.events[-1]])
+        try:
+            out = self.user_access(task, task.user_rip, "fetch")
+        except MachineReset:
+            return Outcome("triple fault", self.halted, list(k.events)[-3:])
+        return Outcome("ok") if out is not None else Outcome("killed", task.exit_reason)
+
+    # --- transitions ---------------------------------------------------------------------------
+    def syscall(self, task, work: int = KERNEL_WORK) -> Outcome:
+        """One system call round trip from user mode."""
+        k = self.k
+        path = _Path()
+        cr3 = k.cr3
+        path.add("entry", "fetch", k.image.symbol("entry_SYSCALL_64"), cpl=0)
+        path.add("entry", "write", k.image.percpu("cpu_tss_rw") + 0x14, cpl=0)  # TSS.sp2
+        cr3 = self._switch_to_kernel_cr3(path, cr3)
+        self._push_pt_regs(path, task, "entry")
+        self._kernel_work(path, task, "do_syscall_64", work)
+        self._exit_to_user(path, task, "syscall_return_via_sysret", cr3)
+        return self._run("syscall", path, task)
+
+    def interrupt(self, task, from_kernel: bool = False, work: int = KERNEL_WORK) -> Outcome:
+        """A device interrupt: from user mode, or arriving while the task is in a syscall."""
+        k = self.k
+        path = _Path()
+        cr3 = k.cr3
+        if from_kernel:  # enter the kernel by a syscall first; the IRQ hits in the middle
+            path.add("entry", "fetch", k.image.symbol("entry_SYSCALL_64"), cpl=0)
+            path.add("entry", "write", k.image.percpu("cpu_tss_rw") + 0x14, cpl=0)
+            cr3 = self._switch_to_kernel_cr3(path, cr3)
+            self._push_pt_regs(path, task, "entry")
+            path.add("irq", "read", k.cea("IDT (read-only)") + 0x20 * 16, cpl=0)
+            path.add("irq", "write", task.stack_top - 0x400, cpl=0)  # same stack
+            path.add("irq", "fetch", k.image.symbol("asm_common_interrupt"), cpl=0)
+            self._kernel_work(path, task, "common_interrupt", work)
+            self._exit_to_user(path, task, "syscall_return_via_sysret", cr3)
+        else:
+            path.add("hw", "read", k.cea("IDT (read-only)") + 0x20 * 16, cpl=0)
+            path.add("hw", "write", k.cea("entry stack") + 0xFF8, cpl=0)  # TSS.sp0
+            path.add("entry", "fetch", k.image.symbol("asm_common_interrupt"), cpl=0)
+            cr3 = self._switch_to_kernel_cr3(path, cr3)
+            self._push_pt_regs(path, task, "entry")
+            self._kernel_work(path, task, "common_interrupt", work)
+            self._exit_to_user(path, task, "swapgs_restore_regs_and_return_to_usermode", cr3)
+        return self._run("interrupt", path, task)
+
+    def nmi(self, task, from_kernel: bool = False, work: int = 4) -> Outcome:
+        """An NMI with the paranoid CR3 handling; ``from_kernel`` hits during a syscall."""
+        k = self.k
+        path = _Path()
+        cr3 = k.cr3
+        if from_kernel:
+            path.add("entry", "fetch", k.image.symbol("entry_SYSCALL_64"), cpl=0)
+            path.add("entry", "write", k.image.percpu("cpu_tss_rw") + 0x14, cpl=0)
+            cr3 = self._switch_to_kernel_cr3(path, cr3)
+        path.add("hw", "read", k.cea("IDT (read-only)") + 2 * 16, cpl=0)
+        path.add("hw", "write", k.cea("NMI stack") + 0xFF8, cpl=0)  # IST: always switches
+        path.add("entry", "fetch", k.image.symbol("asm_exc_nmi"), cpl=0)
+        saved = cr3
+        if self.isolated and saved & PTI_USER_PGTABLE_MASK:  # SAVE_AND_SWITCH_TO_KERNEL_CR3
+            cr3 = self._switch_to_kernel_cr3(path, saved)
+        self._kernel_work(path, task, "exc_nmi", work)
+        if self.isolated:  # RESTORE_CR3
+            restored = saved
+            if saved & PTI_USER_PGTABLE_MASK and k.tlbstate.pcid:
+                restored = k.tlbstate.switch_to_user_cr3(saved & ~0x1800)
+            elif k.tlbstate.pcid:
+                restored = saved | b.X86_CR3_PCID_NOFLUSH  # kernel pages resume NOFLUSH
+            path.add("RESTORE_CR3", "mov_cr3", restored & ~b.X86_CR3_PCID_NOFLUSH,
+                     noflush=bool(restored & b.X86_CR3_PCID_NOFLUSH))
+            cr3 = restored & ~b.X86_CR3_PCID_NOFLUSH
+        if from_kernel:
+            self._exit_to_user(path, task, "syscall_return_via_sysret", cr3)
+        else:
+            path.add("user", "fetch", task.user_rip, cpl=3)
+        return self._run("nmi", path, task)
+
+    def switch_to(self, task) -> Outcome:
+        """schedule() from a timer interrupt: enter the kernel (if user code was running),
+        switch_mm_irqs_off() to ``task``'s address space, return to its user code."""
+        k = self.k
+        prev = k.current
+        if prev is not None and prev.alive and self.halted == "":
+            path = _Path()
+            path.add("hw", "read", k.cea("IDT (read-only)") + 0x20 * 16, cpl=0)
+            path.add("hw", "write", k.cea("entry stack") + 0xFF8, cpl=0)
+            path.add("entry", "fetch", k.image.symbol("asm_common_interrupt"), cpl=0)
+            self._switch_to_kernel_cr3(path, k.cr3)
+            self._push_pt_regs(path, prev, "entry")
+            out = self._run("interrupt", path, prev)
+            if out.status == "triple fault":
+                return out
+        path = _Path()
+        ts = k.tlbstate
+        if task.mm is not k.loaded_mm:
+            asid, need_flush = ts.choose_new_asid(task.mm.ctx_id, task.mm.tlb_gen)
+            if need_flush:  # load_new_mm_cr3()
+                ts.ctxs[asid].ctx_id, ts.ctxs[asid].tlb_gen = task.mm.ctx_id, task.mm.tlb_gen
+                ts.invalidate_user_asid(asid)
+            ts.loaded_mm_asid = asid
+            cr3 = ts.build_cr3(task.mm.pgd, asid)
+            path.add("switch_mm", "mov_cr3", cr3, noflush=ts.pcid and not need_flush)
+            k.loaded_mm = task.mm
+        else:
+            cr3 = k.kernel_cr3(task.mm)
+        path.add("switch_to", "fetch", k.image.symbol("__switch_to"), cpl=0)
+        path.add("switch_to", "write", task.stack_top - 8, cpl=0)
+        k.current = task
+        self._exit_to_user(path, task, "swapgs_restore_regs_and_return_to_usermode", cr3)
+        return self._run("context_switch", path, task)
+
+    # --- user code -----------------------------------------------------------------------------
+    def user_access(self, task, va: int, kind: str = "read", retries: int = 3) -> int | None:
+        """One user-mode access of the current task; a #PF goes through the exception
+        entry, the fault handler (demand paging) and back. Returns the physical address,
+        or None if the task was killed."""
+        k = self.k
+        if self.halted:
+            raise MachineReset(f"the machine is halted: {self.halted}")
+        if task is not k.current or not task.alive:
+            raise KaiserEduError(f"pid {task.pid} is not the running task")
+        for _ in range(retries):
+            result = k.run_ops(TraceBuilder().access(va, kind, cpl=3))
+            if result[0].ok:
+                return result[0].pa
+            fault = result[0]
+            if fault.outcome == b.OUTCOME_GP:
+                k.exit(task, f"killed: #GP on non-canonical {va:#x}")
+                return None
+            if not self._page_fault_from_user(task, va, kind, fault.error_code):
+                if self.halted:
+                    raise MachineReset(self.halted)
+                return None
+        k.exit(task, f"killed: the same fault at {va:#x} repeats ({fault})")
+        return None
+
+    def _page_fault_from_user(self, task, va: int, kind: str, error_code: int) -> bool:
+        k = self.k
+        path = _Path()
+        cr3 = before = k.cr3
+        path.add("hw", "read", k.cea("IDT (read-only)") + 14 * 16, cpl=0)
+        path.add("hw", "write", k.cea("entry stack") + 0xFF8, cpl=0)
+        path.add("entry", "fetch", k.image.symbol("asm_exc_page_fault"), cpl=0)
+        cr3 = self._switch_to_kernel_cr3(path, cr3)
+        self._push_pt_regs(path, task, "entry")
+        path.add("kernel", "fetch", k.image.symbol("exc_page_fault"), cpl=0)
+        result = k.run_ops(path.ops)
+        if not result[result.n_done - 1].ok:
+            return self._deliver_kernel_fault(result[result.n_done - 1], "the #PF entry").ok
+        k.log("page_fault", before, 3, 0, result, detail=f"{kind} {va:#x} error {error_code:#x}")
+        if not k.handle_user_fault(task, va, kind, error_code):
+            k.exit(task, f"killed: SIGSEGV, {kind} of {va:#x} "
+                         f"({b.describe_error_code(error_code)})")
+            return False
+        path = _Path()
+        path.add("exit", "read", task.stack_top - 8, cpl=0)
+        path.add("exit", "fetch", k.image.symbol("swapgs_restore_regs_and_return_to_usermode"),
+                 cpl=0)
+        path.add("exit", "write", k.cea("entry stack") + 0xF00, cpl=0)
+        self._switch_to_user_cr3(path, k.cr3)
+        result = k.run_ops(path.ops)
+        k.log("exception_exit", k.cr3, 0, 3, result, noflush=_noflush(path))
+        return True
+
+
+def _noflush(path: _Path) -> bool | None:
+    """The NOFLUSH bit of the last CR3 write of a path (None if it wrote none)."""
+    rows = [i for i, label in enumerate(path.labels) if "CR3" in label or label == "switch_mm"]
+    if not rows:
+        return None
+    trace = path.ops.build()
+    return bool(int(trace.addr[rows[-1]]) & b.X86_CR3_PCID_NOFLUSH)
