@@ -15,6 +15,10 @@ import sys
 SUBCOMMANDS = {
     "walk": ("kaiser_edu.hw.scenario", "translate the accesses of a JSON scenario file"),
     "bench": ("kaiser_edu.perf.bench", "measure the simulator's speed against baselines"),
+    "practice": ("kaiser_edu.course.practice_cli", "seeded paging problems with worked answers"),
+    "doctor": ("kaiser_edu.course.doctor", "check this machine: versions, numba, Meltdown/KPTI"),
+    "check": ("kaiser_edu.course.check_notebook", "run a lab notebook and report every exercise"),
+    "build-exercises": ("kaiser_edu.course.build_cli", "write exercises/ from solutions/"),
 }
 
 

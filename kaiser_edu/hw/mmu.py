@@ -304,9 +304,15 @@ class MMU:
         self._counters[:] = 0
 
     # --- running ---------------------------------------------------------------------------
-    def run(self, trace: Trace, record: bool = True, stop_on_fault: bool = False) -> TraceResult:
-        """Execute ``trace``. With ``stop_on_fault`` execution stops after the first op that
-        faults (so a simulated kernel can handle the fault and resume)."""
+    def run(self, trace: Trace, record: bool = True, stop_on_fault: bool = False,
+            repeat: int = 1) -> TraceResult:
+        """Execute ``trace`` (``repeat`` times in a row, counters only, when repeat > 1).
+        With ``stop_on_fault`` execution stops after the first op that faults (so a
+        simulated kernel can handle the fault and resume)."""
+        if not isinstance(repeat, int) or repeat < 1:
+            raise KaiserEduError(f"repeat must be a positive integer, got {repeat!r}")
+        if repeat > 1 and record:
+            raise KaiserEduError("repeat > 1 keeps counters only: pass record=False")
         n = len(trace)
         if record:
             outs = (np.zeros(n, np.uint8), np.zeros(n, np.uint16), np.zeros(n, np.uint64),
@@ -317,7 +323,7 @@ class MMU:
         done = k.run_trace(
             trace.op, trace.addr, trace.arg, self.mem.pool, self.mem.ht,
             np.uint64(self.mem.ht_bits), self._regs, self._tlb, self._geom, self._tstate,
-            self._pcid_flush, self._counters, *outs, record, stop_on_fault,
+            self._pcid_flush, self._counters, *outs, record, stop_on_fault, repeat,
         )
         delta = dict(zip(COUNTER_NAMES, (int(c) for c in self._counters - before)))
         if record:

@@ -97,6 +97,8 @@ OUT_OK = 0
 OUT_PF = 1
 OUT_GP = 2
 
+MEMO_SLOTS = 256  # run_trace's page -> L1-way memo (a power of two)
+
 # Register file layout.
 R_CR0, R_CR3, R_CR4, R_EFER, R_PKRU, R_MAXPHY = 0, 1, 2, 3, 4, 5
 # TLB bookkeeping layout (uint64): the op clock, the last full flush, the last
@@ -188,17 +190,19 @@ def _pf_error_code(op, user_access, cr4, efer):
 
 
 @njit(inline="always")
-def _canonical(va, cr4):
-    vabits = u64(56) if (cr4 & CR4_LA57) != U0 else u64(47)
+def _canonical(va, vabits, top_ones):
+    """Bits 63:vabits all equal (vabits 47, or 56 with LA57, which cannot change in 64-bit
+    mode: the caller computes it once)."""
     top = va >> vabits
-    return top == U0 or top == (~U0 >> vabits)
+    return top == U0 or top == top_ones  # noqa: SIM109 (two compares, no tuple, in numba)
 
 
 @njit(cache=True)
 def run_trace(ops, addrs, args, pool, ht, ht_bits, regs, tlb, geom, tstate, pcid_flush,
               counters, out_outcome, out_error, out_pa, out_size, out_tlb, record,
-              stop_on_fault):
-    """Execute a trace of ops against the MMU state; returns how many ops ran.
+              stop_on_fault, repeat):
+    """Execute a trace of ops ``repeat`` times against the MMU state; returns how many
+    ops ran (with ``record``, the out_* arrays describe the last repetition).
 
     ops[i]   : OP_* code; addrs[i]: the address or the value written (CR3, CR4, PKRU...);
     args[i]  : for accesses CPL in bits 1:0 and RFLAGS.AC in bit 2; for INVPCID the PCID
@@ -206,9 +210,12 @@ def run_trace(ops, addrs, args, pool, ht, ht_bits, regs, tlb, geom, tstate, pcid
     With ``record`` the per-op results go to the out_* arrays (outcome, #PF error code,
     physical address, page size code, and where it was translated: 0 walk, 1 L1, 2 L2).
 
-    Fast path: consecutive accesses to the same 4 KiB page reuse the L1 way found last time.
-    That is exactly an L1 hit (the way is still its set's most recently used, so skipping
-    its LRU update changes no later choice); any fill, fault or non-access op ends it.
+    Memo: a direct-mapped table from 4 KiB page to the L1 way that last translated it lets
+    an L1 hit skip the set search. It is checked on use (the way must still hold a usable
+    entry for this page and PCID, so fills, flushes and invalidations need no bookkeeping)
+    and always returns the way the search would: two usable entries for one page can only
+    arise when a global entry is filled while another address space's non-global entry for
+    the page is cached, and every global fill clears the memo.
     """
     n = ops.shape[0]
     cr0 = regs[R_CR0]
@@ -223,6 +230,8 @@ def run_trace(ops, addrs, args, pool, ht, ht_bits, regs, tlb, geom, tstate, pcid
     if not nxe:
         rsvd_all |= NX  # XD is reserved while EFER.NXE=0
     ht_mask = (U1 << ht_bits) - U1
+    vabits = u64(56) if (cr4 & CR4_LA57) != U0 else u64(47)  # see _canonical()
+    top_ones = ~U0 >> vabits
     tlb_on = geom[0] != 0
     clock = tstate[T_CLOCK]
     last_all = tstate[T_LAST_ALL]
@@ -244,15 +253,34 @@ def run_trace(ops, addrs, args, pool, ht, ht_bits, regs, tlb, geom, tstate, pcid
     pcid = cr3 & PCID_MASK if pcide else U0
     thr_g = last_all
     thr_ng = max(last_all, max(last_ng, pcid_flush[pcid]))
-    cnt = np.zeros(N_COUNTERS, dtype=np.int64)
+    # Counters live in locals: an array element bumped per access is a memory
+    # read-modify-write LLVM cannot keep in a register (it may alias the TLB arrays).
+    n_accesses = 0
+    n_l1_hits = 0
+    n_l2_hits = 0
+    n_walks = 0
+    n_walk_reads = 0
+    n_pf = 0
+    n_gp = 0
+    n_ad_writes = 0
+    n_cr3_writes = 0
+    n_flushes = 0
+    n_invlpg = 0
+    n_invpcid = 0
+    n_dirty_assists = 0
     # pfn -> pool slot of the table each walk level read last (frames never move in the
     # pool, so this only saves hash lookups; it holds no paging state)
     memo_pfn = np.full(6, ~U0, dtype=np.uint64)
     memo_slot = np.full(6, -1, dtype=np.int64)
-    last_vpn = ~U0  # fast path: the 4 KiB page and L1 way of the previous L1 hit
-    last_row = np.int64(-1)
-    done = n
-    for i in range(n):
+    # Memo: 4 KiB page -> the L1 way that translated it last (see the docstring).
+    memo_vpn = np.full(MEMO_SLOTS, ~U0, dtype=np.uint64)
+    memo_row = np.zeros(MEMO_SLOTS, dtype=np.int64)
+    done = n * repeat
+    i = -1
+    for rep_i in range(repeat * n):
+        i += 1  # the op's index in the trace (no modulo: a division per op costs 20+ cycles)
+        if i == n:
+            i = 0
         clock += U1
         op = ops[i]
         va = addrs[i]
@@ -263,21 +291,29 @@ def run_trace(ops, addrs, args, pool, ht, ht_bits, regs, tlb, geom, tstate, pcid
         size_code = 0
         where = 0
         if op <= OP_FETCH:
-            cnt[C_ACCESSES] += 1
+            n_accesses += 1
             user_access = (arg & 3) == 3
             ac = (arg & 4) != 0
-            if not _canonical(va, cr4):
+            if not _canonical(va, vabits, top_ones):
                 outcome = OUT_GP
-                last_row = np.int64(-1)
-                last_vpn = ~U0
             else:
                 # --- TLB lookup: L1, then L2 (a usable tag for this PCID, or global) ---
                 hit = np.int64(-1)
                 if tlb_on:
-                    if (va >> U12) == last_vpn:
-                        hit = last_row
-                        where = 1
-                    else:
+                    vpn4 = va >> U12
+                    slot = vpn4 & u64(MEMO_SLOTS - 1)
+                    if memo_vpn[slot] == vpn4:  # still the usable entry for this page?
+                        r = memo_row[slot]
+                        tag = tlb[0, u64(r)]
+                        sc = tag & U3
+                        glob = (tag & u64(8)) != U0
+                        expect = ((va >> (U12 + U9 * sc)) << u64(16)) | sc
+                        expect |= u64(8) if glob else pcid << u64(4)
+                        if tag == expect and tlb[1, u64(r)] > (thr_g if glob else thr_ng):
+                            hit = r
+                            where = 1
+                            tlb[3, u64(r)] = clock
+                    if hit < 0:
                         for lvl in range(2):
                             for s in range(3):
                                 if (sizes[u64(lvl)] >> u64(s)) & U1 == U0:
@@ -297,6 +333,9 @@ def run_trace(ops, addrs, args, pool, ht, ht_bits, regs, tlb, geom, tstate, pcid
                             if hit >= 0:
                                 where = lvl + 1
                                 tlb[3, u64(hit)] = clock
+                                if lvl == 0:
+                                    memo_vpn[slot] = vpn4
+                                    memo_row[slot] = hit
                                 break
                 n_fill = 0  # TLB levels to fill, from L1: none, L1 (after an L2 hit), or both
                 tag = U0
@@ -320,7 +359,7 @@ def run_trace(ops, addrs, args, pool, ht, ht_bits, regs, tlb, geom, tstate, pcid
                     elif op == OP_WRITE and (data & u64(8)) == U0:
                         # A permitted write through an entry cached with D=0: the CPU walks
                         # to set D in memory (SDM 4.8); the clean entries are replaced.
-                        cnt[C_DIRTY_ASSISTS] += 1
+                        n_dirty_assists += 1
                         hit = np.int64(-1)
                         for lvl in range(2):
                             _tlb_invalidate_page(tlb, lvl_base[u64(lvl)], lvl_sets[u64(lvl)],
@@ -330,22 +369,16 @@ def run_trace(ops, addrs, args, pool, ht, ht_bits, regs, tlb, geom, tstate, pcid
                     else:
                         pa = (data & ~size_mask) | (va & size_mask)
                         if where == 1:
-                            cnt[C_L1_HITS] += 1
-                            last_vpn = va >> U12
-                            last_row = hit
+                            n_l1_hits += 1
                         else:
-                            cnt[C_L2_HITS] += 1
+                            n_l2_hits += 1
                             n_fill = 1  # copy the L2 entry into L1
                             tag = tlb[0, u64(hit)]
                             stamp = tlb[1, u64(hit)]
-                            last_row = np.int64(-1)  # the fill may evict the fast-path way
-                            last_vpn = ~U0
                 if outcome == OUT_OK and hit < 0:
                     # --- the page walk (walk.py is the readable version of this) ---
                     where = 0
-                    cnt[C_WALKS] += 1
-                    last_row = np.int64(-1)
-                    last_vpn = ~U0
+                    n_walks += 1
                     err = _pf_error_code(op, user_access, cr4, efer)
                     table = cr3 & addr_mask
                     user_page = True
@@ -377,7 +410,7 @@ def run_trace(ops, addrs, args, pool, ht, ht_bits, regs, tlb, geom, tstate, pcid
                         if memo_slot[u64(level)] >= 0:
                             idx = memo_slot[u64(level)] * 512 + np.int64((entry_pa & PAGE_MASK_LOW) >> U3)
                         entry = pool[u64(idx)] if idx >= 0 else U0
-                        cnt[C_WALK_READS] += 1
+                        n_walk_reads += 1
                         if (entry & P) == U0:
                             fault = True  # not present: P=0 in the error code
                             break
@@ -398,7 +431,7 @@ def run_trace(ops, addrs, args, pool, ht, ht_bits, regs, tlb, geom, tstate, pcid
                             break
                         if (entry & ACC) == U0:  # a table entry used on the way: set A
                             pool[u64(idx)] = entry | ACC  # (kept even if a lower level faults)
-                            cnt[C_AD_WRITES] += 1
+                            n_ad_writes += 1
                         table = entry & addr_mask
                         level -= 1
                     pkey = (entry >> PKEY_SHIFT) & u64(0xF)
@@ -419,7 +452,7 @@ def run_trace(ops, addrs, args, pool, ht, ht_bits, regs, tlb, geom, tstate, pcid
                             new |= DIRTY
                         if new != entry:
                             pool[u64(idx)] = new
-                            cnt[C_AD_WRITES] += 1
+                            n_ad_writes += 1
                             entry = new
                         size_code = level - 1
                         size_mask = (U1 << u64(12 + 9 * size_code)) - U1
@@ -442,6 +475,8 @@ def run_trace(ops, addrs, args, pool, ht, ht_bits, regs, tlb, geom, tstate, pcid
                         n_fill = 2
                 # --- TLB fill: a free way (nothing usable in it), else the LRU way ---
                 if tlb_on:
+                    if n_fill and (tag & u64(8)) != U0:
+                        memo_vpn[:] = ~U0  # a global fill may duplicate a page: forget all
                     for lvl in range(n_fill):
                         row = lvl_base[u64(lvl)] + np.int64((tag >> u64(16)) & u64(lvl_sets[u64(lvl)] - 1)) * lvl_ways[u64(lvl)]
                         victim = row
@@ -465,9 +500,7 @@ def run_trace(ops, addrs, args, pool, ht, ht_bits, regs, tlb, geom, tstate, pcid
                         tlb[3, u64(victim)] = clock
                         sizes[u64(lvl)] |= U1 << (tag & U3)
                 if outcome == OUT_PF:
-                    cnt[C_PF] += 1
-                    last_row = np.int64(-1)
-                    last_vpn = ~U0
+                    n_pf += 1
                     if tlb_on:  # a #PF drops the faulting page's entries (SDM 4.10.4.1)
                         for lvl in range(2):
                             _tlb_invalidate_page(tlb, lvl_base[u64(lvl)], lvl_sets[u64(lvl)],
@@ -475,37 +508,35 @@ def run_trace(ops, addrs, args, pool, ht, ht_bits, regs, tlb, geom, tstate, pcid
                                                  True)
                         last_any = clock
         else:
-            last_row = np.int64(-1)
-            last_vpn = ~U0
             if op == OP_MOV_CR3:
                 value = va & ~NOFLUSH
                 reserved = ~((U1 << maxphy) - U1) & ~NOFLUSH
                 if (value & reserved) != U0 or (not pcide and (va & NOFLUSH) != U0):
                     outcome = OUT_GP  # reserved CR3 bits (SDM Tables 4-12, 4-13)
                 else:
-                    cnt[C_CR3_WRITES] += 1
+                    n_cr3_writes += 1
                     cr3 = value
                     if pcide:
                         pcid = cr3 & PCID_MASK
                         if (va & NOFLUSH) == U0:
                             pcid_flush[pcid] = clock
-                            cnt[C_FLUSHES] += 1
+                            n_flushes += 1
                     else:
                         last_ng = clock  # PCIDE=0: every non-global entry goes
-                        cnt[C_FLUSHES] += 1
+                        n_flushes += 1
             elif op == OP_INVLPG:
-                cnt[C_INVLPG] += 1
-                if tlb_on and _canonical(va, cr4):  # non-canonical: a NOP
+                n_invlpg += 1
+                if tlb_on and _canonical(va, vabits, top_ones):  # non-canonical: a NOP
                     for lvl in range(2):
                         _tlb_invalidate_page(tlb, lvl_base[u64(lvl)], lvl_sets[u64(lvl)], lvl_ways[u64(lvl)],
                                              sizes[u64(lvl)], va, pcid, True, True)
             elif op == OP_INVPCID:
-                cnt[C_INVPCID] += 1
+                n_invpcid += 1
                 kind = (arg >> 12) & 3
                 target = u64(arg & 0xFFF)
                 if kind <= 1 and not pcide and target != U0:
                     outcome = OUT_GP  # PCIDE=0: only PCID 0 may be named (SDM INVPCID)
-                elif kind == 0 and not _canonical(va, cr4):
+                elif kind == 0 and not _canonical(va, vabits, top_ones):
                     outcome = OUT_GP
                 elif kind == 0:
                     if tlb_on:
@@ -515,14 +546,14 @@ def run_trace(ops, addrs, args, pool, ht, ht_bits, regs, tlb, geom, tstate, pcid
                                                  True)
                 elif kind == 1:
                     pcid_flush[target] = clock
-                    cnt[C_FLUSHES] += 1
+                    n_flushes += 1
                 elif kind == 2:
                     last_all = clock
                     sizes[:] = U0
-                    cnt[C_FLUSHES] += 1
+                    n_flushes += 1
                 else:
                     last_ng = clock
-                    cnt[C_FLUSHES] += 1
+                    n_flushes += 1
             elif op == OP_MOV_CR4:
                 changed = cr4 ^ va
                 if ((changed & CR4_LA57) != U0 or (va & CR4_PAE) == U0
@@ -533,10 +564,10 @@ def run_trace(ops, addrs, args, pool, ht, ht_bits, regs, tlb, geom, tstate, pcid
                     if (changed & CR4_PGE) != U0 or (pcide and (va & CR4_PCIDE) == U0):
                         last_all = clock  # everything, globals included (SDM 4.10.4.1)
                         sizes[:] = U0
-                        cnt[C_FLUSHES] += 1
+                        n_flushes += 1
                     elif (changed & CR4_SMEP) != U0 and (va & CR4_SMEP) != U0:
                         pcid_flush[pcid] = clock
-                        cnt[C_FLUSHES] += 1
+                        n_flushes += 1
                     cr4 = va
                     pcide = (cr4 & CR4_PCIDE) != U0
                     pcid = cr3 & PCID_MASK if pcide else U0
@@ -553,7 +584,7 @@ def run_trace(ops, addrs, args, pool, ht, ht_bits, regs, tlb, geom, tstate, pcid
             thr_ng = max(last_all, max(last_ng, pcid_flush[pcid]))
             last_any = clock  # conservatively: this op may have flushed or invalidated
         if outcome == OUT_GP:
-            cnt[C_GP] += 1
+            n_gp += 1
         if record:
             out_outcome[i] = outcome
             out_error[i] = err
@@ -561,9 +592,8 @@ def run_trace(ops, addrs, args, pool, ht, ht_bits, regs, tlb, geom, tstate, pcid
             out_size[i] = size_code
             out_tlb[i] = where
         if stop_on_fault and outcome != OUT_OK:
-            done = i + 1
+            done = rep_i + 1
             break
-    cnt[C_OPS] = done
     regs[R_CR0] = cr0
     regs[R_CR3] = cr3
     regs[R_CR4] = cr4
@@ -574,5 +604,18 @@ def run_trace(ops, addrs, args, pool, ht, ht_bits, regs, tlb, geom, tstate, pcid
     tstate[T_SIZES_L1] = sizes[0]
     tstate[T_SIZES_L2] = sizes[1]
     tstate[T_LAST_ANY] = last_any
-    counters += cnt
+    counters[C_OPS] += done
+    counters[C_ACCESSES] += n_accesses
+    counters[C_L1_HITS] += n_l1_hits
+    counters[C_L2_HITS] += n_l2_hits
+    counters[C_WALKS] += n_walks
+    counters[C_WALK_READS] += n_walk_reads
+    counters[C_PF] += n_pf
+    counters[C_GP] += n_gp
+    counters[C_AD_WRITES] += n_ad_writes
+    counters[C_CR3_WRITES] += n_cr3_writes
+    counters[C_FLUSHES] += n_flushes
+    counters[C_INVLPG] += n_invlpg
+    counters[C_INVPCID] += n_invpcid
+    counters[C_DIRTY_ASSISTS] += n_dirty_assists
     return done

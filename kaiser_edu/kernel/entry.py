@@ -180,8 +180,7 @@ class EntryCode:
         return Outcome("ok") if out is not None else Outcome("killed", task.exit_reason)
 
     # --- transitions ---------------------------------------------------------------------------
-    def syscall(self, task, work: int = KERNEL_WORK) -> Outcome:
-        """One system call round trip from user mode."""
+    def _syscall_path(self, task, work: int) -> _Path:
         k = self.k
         path = _Path()
         cr3 = k.cr3
@@ -191,7 +190,34 @@ class EntryCode:
         self._push_pt_regs(path, task, "entry")
         self._kernel_work(path, task, "do_syscall_64", work)
         self._exit_to_user(path, task, "syscall_return_via_sysret", cr3)
-        return self._run("syscall", path, task)
+        return path
+
+    def syscall(self, task, work: int = KERNEL_WORK) -> Outcome:
+        """One system call round trip from user mode."""
+        return self._run("syscall", self._syscall_path(task, work), task)
+
+    def syscall_batch(self, task, n: int, work: int = KERNEL_WORK) -> dict[str, int]:
+        """``n`` identical system calls as one MMU trace (for benchmarks and cost lessons).
+
+        The first round trip is built from the live state (it may perform a pending user
+        PCID flush); the steady-state one is then repeated inside the MMU kernel. Returns the MMU
+        counters; any fault is an error (run one :meth:`syscall` first to fault pages in).
+        """
+        if n < 1:
+            raise KaiserEduError(f"n must be at least 1, got {n}")
+        k = self.k
+        cr3_before = k.cr3
+        first = k.mmu.run(self._syscall_path(task, work).ops.build(), record=False)
+        steady = self._syscall_path(task, work).ops.build()
+        result = k.mmu.run(steady, record=False, repeat=n - 1) if n > 1 else first
+        for name, value in first.counters.items():
+            if n > 1:
+                result.counters[name] += value
+        counters = result.counters
+        if counters["page_faults"] or counters["general_protection"]:
+            raise KaiserEduError(f"syscall_batch faulted ({counters}); warm up with syscall()")
+        k.log("syscall_batch", cr3_before, 3, 3, result, detail=f"{n} system calls")
+        return counters
 
     def interrupt(self, task, from_kernel: bool = False, work: int = KERNEL_WORK) -> Outcome:
         """A device interrupt: from user mode, or arriving while the task is in a syscall."""

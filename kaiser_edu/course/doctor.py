@@ -1,0 +1,299 @@
+"""``kaiser-edu doctor``: is this machine ready for the course, and what does its own CPU
+say about Meltdown and KPTI?
+
+:func:`environment_report` returns a list of :class:`Finding` (lesson 00 shows the same
+list); :func:`format_report` turns it into the text the command prints. Three groups:
+
+1. the software: kaiser_edu, Python, numpy, numba, ipywidgets, JupyterLab;
+2. numba at work: a tiny machine (one page mapped, one access) run through the MMU kernel,
+   timing the first call - the compile, or the load from numba's on-disk cache - and where
+   that cache lives;
+3. the host: Linux's verdict on Meltdown (/sys/devices/system/cpu/vulnerabilities/meltdown)
+   and the ``pti``, ``pcid`` and ``invpcid`` flags of /proc/cpuinfo, explained.
+
+Every file is optional: a machine that is not Linux (or a container that hides /sys) gets
+"unavailable on this system (not Linux?)", never an exception. The readers take the paths
+as parameters, so tests feed them sample files.
+
+Only a broken numba (or numpy) is an error: the simulator cannot run without it, and the
+command then exits with status 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import os
+import platform
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+MELTDOWN_PATH = Path("/sys/devices/system/cpu/vulnerabilities/meltdown")
+CPUINFO_PATH = Path("/proc/cpuinfo")
+UNAVAILABLE = "unavailable on this system (not Linux?)"
+
+OK, INFO, WARN, ERROR = "ok", "info", "warn", "error"
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One line of the report: what was checked, its status, the value found and what it
+    means for a student."""
+
+    name: str
+    status: str  # ok, info, warn or error (error: the course cannot run)
+    value: str
+    explanation: str = ""
+
+
+# --- software -----------------------------------------------------------------------------
+def _version(dist: str) -> str | None:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def software_findings() -> list[Finding]:
+    """Versions of the package, Python and the libraries the course needs."""
+    from kaiser_edu import __version__
+
+    py = platform.python_version()
+    findings = [
+        Finding("kaiser_edu", OK, __version__),
+        Finding("Python", OK if sys.version_info >= (3, 11) else ERROR, f"{py} ({sys.executable})",
+                "" if sys.version_info >= (3, 11) else "the course needs Python 3.11 or newer"),
+    ]
+    needs = (
+        ("numpy", ERROR, "the simulator keeps memory, TLB and traces in numpy arrays"),
+        ("numba", ERROR, "the fast MMU is compiled by numba"),
+        ("ipywidgets", WARN, "the lessons' interactive widgets need it (the CLI does not)"),
+        ("jupyterlab", WARN, "the notebooks open in JupyterLab (`make lab`)"),
+    )
+    for dist, severity, why in needs:
+        version = _version(dist)
+        if version is None:
+            findings.append(Finding(dist, severity, "not installed", why))
+        else:
+            findings.append(Finding(dist, OK, version))
+    return findings
+
+
+# --- numba --------------------------------------------------------------------------------
+def numba_cache_finding() -> Finding:
+    """Where numba keeps compiled kernels, and whether it can write there."""
+    try:
+        from numba.core import config
+    except Exception as exc:  # numba missing or broken: reported by the JIT check
+        return Finding("numba cache", WARN, "unknown", f"numba could not be imported: {exc}")
+    where = config.CACHE_DIR
+    if not where:
+        return Finding("numba cache", INFO, "next to the package sources (__pycache__)",
+                       "set NUMBA_CACHE_DIR to choose a directory (`make` uses .numba_cache)")
+    path = Path(where)
+    probe = path if path.exists() else path.parent
+    if os.access(probe, os.W_OK):
+        return Finding("numba cache", OK, str(path),
+                       "compiled kernels are saved here and loaded on the next start")
+    return Finding("numba cache", WARN, f"{path} (not writable)",
+                   "numba cannot save compiled kernels: every start compiles them again")
+
+
+def jit_finding() -> Finding:
+    """Run one access on a tiny machine through the numba MMU kernel, timing the first call
+    (a compile, or a load from the on-disk cache). Required: status error if it fails."""
+    try:
+        from numba.core import config
+
+        from kaiser_edu.hw import bits
+        from kaiser_edu.hw import mmu_kernels as kernels
+        from kaiser_edu.hw.mmu import MMU
+        from kaiser_edu.hw.pgtable import PageTables
+        from kaiser_edu.hw.physmem import FrameAllocator, PhysMem
+        from kaiser_edu.hw.regs import Registers
+
+        mem = PhysMem()
+        pt = PageTables(mem, FrameAllocator(mem))
+        pt.map(0x400000, 0x5000, flags=bits.PAGE_SHARED)
+        mmu = MMU(mem, Registers.long_mode(cr3=pt.cr3()), tlb=None)
+        dispatcher = kernels.run_trace
+        warm = bool(getattr(dispatcher, "signatures", ()))
+        start = time.perf_counter()
+        result = mmu.access(0x400123, "write", cpl=3)
+        seconds = time.perf_counter() - start
+    except Exception as exc:
+        return Finding("numba JIT", ERROR, f"FAILED: {type(exc).__name__}: {exc}",
+                       "the simulator's MMU kernel does not run; reinstall with `make venv`")
+    if result.pa != 0x5123:
+        return Finding("numba JIT", ERROR, f"FAILED: wrong translation {result}",
+                       "the compiled MMU kernel gave a wrong answer on a one-page machine")
+    if config.DISABLE_JIT:
+        return Finding("numba JIT", WARN, f"disabled (NUMBA_DISABLE_JIT=1), {seconds:.3f} s",
+                       "the kernels run as plain Python: correct, but far too slow for the labs")
+    stats = getattr(dispatcher, "stats", None)
+    hits = sum(stats.cache_hits.values()) if stats else 0
+    if warm:
+        how = "already compiled in this Python process"
+    elif hits:
+        how = "loaded from numba's cache"
+    else:
+        how = "compiled now and saved to the cache: the next start loads it in well under a second"
+    return Finding("numba JIT", OK, f"MMU kernel ready in {seconds:.2f} s", how)
+
+
+# --- the host: Meltdown and KPTI ------------------------------------------------------------
+MELTDOWN_MEANINGS = {
+    "Mitigation: PTI": (
+        "This CPU can be tricked into reading kernel memory from user code (Meltdown), so "
+        "Linux runs with page-table isolation: user code runs on a shadow page table that "
+        "maps almost none of the kernel - the very mechanism this course simulates."),
+    "Not affected": (
+        "This CPU never lets a user-mode load see kernel data, even speculatively, so Linux "
+        "keeps the kernel mapped in every process and pays nothing for KPTI."),
+    "Vulnerable": (
+        "This CPU is affected and the mitigation is off (booted with pti=off or nopti, or a "
+        "kernel without KPTI): a user program could read kernel memory with Meltdown."),
+}
+
+
+def read_text(path: Path | str) -> str | None:
+    """A file's text, or None if it is missing or unreadable (not Linux, a sandbox, ...)."""
+    try:
+        return Path(path).read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return None
+
+
+def meltdown_finding(path: Path | str = MELTDOWN_PATH) -> Finding:
+    """Linux's own verdict on this CPU and Meltdown (kernel 4.15+ sysfs file)."""
+    text = read_text(path)
+    if text is None:
+        return Finding("host: Meltdown", INFO, UNAVAILABLE,
+                       f"{path} could not be read; the course runs the same without it")
+    status = text.strip()
+    for prefix, meaning in MELTDOWN_MEANINGS.items():
+        if status.startswith(prefix):
+            return Finding("host: Meltdown", WARN if prefix == "Vulnerable" else INFO,
+                           status, meaning)
+    return Finding("host: Meltdown", INFO, status or "(empty)",
+                   "Linux reports a status this course does not know; see the kernel's "
+                   "Documentation/admin-guide/hw-vuln/ for what it means.")
+
+
+def read_cpu_flags(path: Path | str = CPUINFO_PATH) -> set[str] | None:
+    """The feature flags of the first CPU in /proc/cpuinfo (the ``flags`` line, x86 only);
+    None if the file is missing or has no flags line (not Linux, not x86)."""
+    text = read_text(path)
+    if text is None:
+        return None
+    for line in text.splitlines():
+        key, sep, value = line.partition(":")
+        if sep and key.strip() == "flags":
+            return set(value.split())
+    return None
+
+
+CPU_FLAG_MEANINGS = {
+    "pti": (
+        "Linux enabled page-table isolation: every system call, interrupt and exception "
+        "switches CR3 to the kernel page tables and back (about a hundred cycles each way).",
+        "page-table isolation is off: the CPU is not affected, or it was turned off at boot.",
+    ),
+    "pcid": (
+        "process-context identifiers: TLB entries are tagged with the address space, so the "
+        "CR3 switches of KPTI keep the TLB instead of flushing it. Dave Hansen's KAISER "
+        "patches (2017) measured an lseek() loop at -42% with PCID, -58% without.",
+        "no PCIDs: under KPTI every CR3 switch flushes the TLB, and user code refills it "
+        "after each system call - KPTI's most expensive case.",
+    ),
+    "invpcid": (
+        "INVPCID flushes one address (or all) of a chosen PCID: Linux uses it to drop a "
+        "stale user-space translation without switching CR3.",
+        "no INVPCID: to drop one stale user translation Linux flushes the whole user PCID at "
+        "the next return to user space, and a kernel-address flush costs a TLB-flushing CR3 "
+        "write on the next use of every PCID.",
+    ),
+}
+
+
+def cpu_flag_findings(path: Path | str = CPUINFO_PATH) -> list[Finding]:
+    """One finding per flag that matters for KPTI's cost, and a one-line summary."""
+    flags = read_cpu_flags(path)
+    if flags is None:
+        return [Finding("host: CPU flags", INFO, UNAVAILABLE,
+                        f"{path} has no x86 'flags' line or could not be read")]
+    findings = []
+    for flag, (present, absent) in CPU_FLAG_MEANINGS.items():
+        have = flag in flags
+        findings.append(Finding(f"host: {flag}", INFO, "yes" if have else "no",
+                                present if have else absent))
+    findings.append(Finding("host: KPTI cost", INFO, *kpti_cost(flags)))
+    return findings
+
+
+def kpti_cost(flags: set[str]) -> tuple[str, str]:
+    """What this host pays for KPTI, from its flags: (short value, explanation)."""
+    if "pti" not in flags:
+        return "none", "no isolation, so no CR3 switches on kernel entry and exit."
+    if "pcid" in flags:
+        return ("low", "two CR3 writes per kernel entry, without TLB flushes thanks to PCIDs; "
+                "typical workloads lose a few percent (Hansen: about 5%).")
+    return ("high", "two CR3 writes per kernel entry, each flushing the TLB: syscall-heavy "
+            "programs can lose half their speed (an lseek() loop: -58%, Hansen 2017).")
+
+
+# --- the report -----------------------------------------------------------------------------
+def environment_report(
+    meltdown_path: Path | str = MELTDOWN_PATH,
+    cpuinfo_path: Path | str = CPUINFO_PATH,
+    run_jit: bool = True,
+) -> list[Finding]:
+    """Everything ``kaiser-edu doctor`` and lesson 00 show, in order. ``run_jit=False``
+    skips the numba check (which may compile for tens of seconds on a cold cache)."""
+    findings = software_findings()
+    if run_jit:
+        findings.append(jit_finding())
+    findings.append(numba_cache_finding())
+    findings.append(meltdown_finding(meltdown_path))
+    findings.extend(cpu_flag_findings(cpuinfo_path))
+    return findings
+
+
+def broken(findings: list[Finding]) -> list[Finding]:
+    """The findings that stop the course from running."""
+    return [f for f in findings if f.status == ERROR]
+
+
+def format_report(findings: list[Finding], width: int = 92) -> str:
+    """The report as aligned text: ``[status] name  value`` and the explanation under it."""
+    import textwrap
+
+    name_width = max(len(f.name) for f in findings)
+    lines = []
+    for f in findings:
+        lines.append(f"[{f.status:5}] {f.name:{name_width}}  {f.value}")
+        if f.explanation:
+            indent = " " * (9 + name_width)
+            lines += textwrap.wrap(f.explanation, width, initial_indent=indent,
+                                   subsequent_indent=indent)
+    bad = broken(findings)
+    lines.append("")
+    lines.append("Not ready: " + ", ".join(f.name for f in bad) if bad else
+                 "Ready: everything the course needs works.")
+    return "\n".join(lines)
+
+
+# --- the command ----------------------------------------------------------------------------
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.epilog = ("Exit status 0 if the course can run, 1 if something required (numpy, "
+                     "numba) is broken. The first run may take a while: numba compiles the MMU.")
+
+
+def run(args: argparse.Namespace) -> int:
+    print("kaiser-edu doctor: checking this machine (the first numba compile may take a "
+          "while)...", flush=True)
+    findings = environment_report()
+    print(format_report(findings))
+    return 1 if broken(findings) else 0

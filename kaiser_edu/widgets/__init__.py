@@ -1,0 +1,50 @@
+"""Interactive widgets and figures of the lessons.
+
+Every widget is split in two: a pure *model* function that turns simulator state into the
+data a view draws (testable without a browser), and a thin ipywidgets view that only wires
+controls to it. Each view is an ``ipywidgets.VBox`` whose controls are attributes (``.address``,
+``.step_button``, ``.output``, ...), so tests and lessons drive it by setting ``.value`` and
+calling ``.click()``.
+
+- :mod:`~kaiser_edu.widgets.address_explorer` (lesson 01): the fields of a virtual address
+- :mod:`~kaiser_edu.widgets.walk_stepper` (lesson 02): a page walk one level at a time
+- :mod:`~kaiser_edu.widgets.tlb_lab` (lesson 03): TLB size, working set, CR3 switches, PCID
+- :mod:`~kaiser_edu.widgets.figures`: the lessons' matplotlib figures
+- :mod:`~kaiser_edu.widgets.linux_map`: the Linux x86-64 virtual memory map (mm.rst)
+
+Names are imported lazily (PEP 562), so ``import kaiser_edu.widgets.linux_map`` does not pay
+for ipywidgets, matplotlib or numba.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "AddressExplorer": "address_explorer",
+    "explore_address": "address_explorer",
+    "parse_address": "address_explorer",
+    "WalkStepper": "walk_stepper",
+    "demo_machine": "walk_stepper",
+    "walk_view": "walk_stepper",
+    "TLBLab": "tlb_lab",
+    "TLBParams": "tlb_lab",
+    "StaleTLBWidget": "tlb_lab",
+    "stale_tlb_demo": "tlb_lab",
+    "tlb_experiment": "tlb_lab",
+    "address_bits_figure": "figures",
+    "flush_vs_pcid": "figures",
+    "miss_rate_vs_working_set": "figures",
+    "page_table_tree": "figures",
+    "region_of": "linux_map",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{module}"), name)

@@ -1,0 +1,81 @@
+"""Small helpers the widget views share: writing a result into an ``Output`` widget.
+
+A view shows its result by *replacing* the outputs of an :class:`ipywidgets.Output` with one
+display bundle (text/html for the front end, text/plain for readers without HTML, and an
+image/png when there is a figure). Writing ``Output.outputs`` directly, instead of
+``with output: display(...)``, works the same in JupyterLab, in nbval and in a plain pytest
+process with no kernel, and leaves nothing behind in the cell's own output.
+"""
+
+from __future__ import annotations
+
+import base64
+import html as _html
+import io
+from typing import TYPE_CHECKING
+
+import ipywidgets as widgets
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+# Okabe-Ito colours (distinguishable with the common colour-vision deficiencies); every view
+# also says in words what a colour means.
+OKABE_ITO = {
+    "orange": "#E69F00",
+    "sky_blue": "#56B4E9",
+    "bluish_green": "#009E73",
+    "yellow": "#F0E442",
+    "blue": "#0072B2",
+    "vermillion": "#D55E00",
+    "reddish_purple": "#CC79A7",
+    "grey": "#999999",
+}
+
+# One colour per paging level, used by the address explorer, the walk stepper and the
+# figures alike (level 1 = PT ... 5 = PML5, 0 = page offset).
+LEVEL_COLORS = {
+    5: OKABE_ITO["reddish_purple"],
+    4: OKABE_ITO["orange"],
+    3: OKABE_ITO["sky_blue"],
+    2: OKABE_ITO["bluish_green"],
+    1: OKABE_ITO["yellow"],
+    0: OKABE_ITO["blue"],
+}
+SIGN_COLOR = "#BBBBBB"
+OK_COLOR = OKABE_ITO["blue"]  # translated: blue with a check mark
+FAULT_COLOR = OKABE_ITO["vermillion"]  # fault: vermillion with a cross
+
+
+def figure_png(fig: Figure, dpi: int = 100) -> bytes:
+    """Render a matplotlib figure to PNG bytes (Agg, no pyplot state involved)."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    return buf.getvalue()
+
+
+def show(output: widgets.Output, html: str, text: str, png: bytes | None = None) -> None:
+    """Replace what ``output`` shows with one bundle: HTML, plain text and maybe a PNG."""
+    bundles = [{"output_type": "display_data", "metadata": {},
+                "data": {"text/html": html, "text/plain": text}}]
+    if png is not None:
+        bundles.append({"output_type": "display_data", "metadata": {},
+                        "data": {"image/png": base64.b64encode(png).decode("ascii"),
+                                 "text/plain": ""}})
+    output.outputs = tuple(bundles)
+
+
+def shown(output: widgets.Output, mime: str = "text/html") -> str:
+    """What ``output`` currently shows in ``mime`` (all bundles joined)."""
+    return "\n".join(o["data"][mime] for o in output.outputs
+                     if o.get("data", {}).get(mime))
+
+
+def esc(text: object) -> str:
+    return _html.escape(str(text))
+
+
+def swatch(color: str) -> str:
+    """A small coloured square, always placed next to a word that names it."""
+    return (f'<span style="display:inline-block;width:0.8em;height:0.8em;background:{color};'
+            'border:1px solid #444;vertical-align:middle"></span>')
