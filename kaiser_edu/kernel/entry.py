@@ -26,9 +26,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from kaiser_edu.errors import KaiserEduError
 from kaiser_edu.hw import bits as b
-from kaiser_edu.hw.mmu import TraceBuilder
+from kaiser_edu.hw.mmu import OPS, Trace, TraceBuilder
 from kaiser_edu.kernel.tlbstate import PTI_USER_PGTABLE_MASK
 
 KERNEL_WORK = 8  # kernel data accesses in a "typical" simple syscall (the benchmark's)
@@ -118,22 +120,37 @@ class EntryCode:
         path.add("user", "fetch", task.user_rip, cpl=3)  # the first user instruction
 
     # --- running a path ----------------------------------------------------------------------
-    def _run(self, kind: str, path: _Path, task) -> Outcome:
+    def _run(self, kind: str, path: _Path, task, first_cpl: int = 3) -> Outcome:
+        """Execute a path as two logged steps, ``<kind>_entry`` up to the start of the way
+        out and ``<kind>_exit`` from there, so the log shows every CR3 switch. A fault ends
+        the path: in user code it is a user #PF, in kernel code the CPU tries to deliver it."""
         if self.halted:
             raise MachineReset(f"the machine is halted: {self.halted}")
         k = self.k
-        cr3_before = k.cr3
-        result = k.run_ops(path.ops)
-        done = result.n_done
-        fault = None if done == 0 or result[done - 1].ok else result[done - 1]
-        if fault is None:
-            k.log(kind, cr3_before, 3, 3, result, noflush=_noflush(path), detail="")
-            return Outcome("ok", events=[k.events[-1]])
-        label = path.labels[done - 1]
-        k.log(kind, cr3_before, 3, 0, result, fault=str(fault), detail=f"fault in {label}")
-        if label == "user":
-            return self._user_fault_after_exit(task, fault)
-        return self._deliver_kernel_fault(fault, label)
+        trace = path.ops.build()
+        n = len(path.labels)
+        split = next((i for i, lab in enumerate(path.labels) if lab in ("exit", "RESTORE_CR3")), n)
+        names = (kind if kind == "context_switch" else f"{kind}_entry", f"{kind}_exit")
+        steps = [(names[0], 0, split, first_cpl, 0), (names[1], split, n, 0, 3)]
+        events = []
+        for name, lo, hi, cpl_before, cpl_after in steps:
+            if lo == hi:
+                continue
+            cr3_before = k.cr3
+            part = Trace(trace.op[lo:hi], trace.addr[lo:hi], trace.arg[lo:hi])
+            result = k.mmu.run(part, stop_on_fault=True)
+            last = result[result.n_done - 1]
+            if last.ok:
+                events.append(k.log(name, cr3_before, cpl_before, cpl_after, result,
+                                    noflush=_noflush(part)))
+                continue
+            label = path.labels[lo + result.n_done - 1]
+            k.log(name, cr3_before, cpl_before, 0, result, fault=str(last),
+                  detail=f"fault in {label}")
+            if label == "user":
+                return self._user_fault_after_exit(task, last)
+            return self._deliver_kernel_fault(last, label)
+        return Outcome("ok", events=events)
 
     def _deliver_kernel_fault(self, fault, label: str) -> Outcome:
         """A #PF at CPL 0: the CPU reads the IDT and fetches asm_exc_page_fault; if that
@@ -307,7 +324,7 @@ class EntryCode:
         path.add("switch_to", "write", task.stack_top - 8, cpl=0)
         k.current = task
         self._exit_to_user(path, task, "swapgs_restore_regs_and_return_to_usermode", cr3)
-        return self._run("context_switch", path, task)
+        return self._run("context_switch", path, task, first_cpl=0)
 
     # --- user code -----------------------------------------------------------------------------
     def user_access(self, task, va: int, kind: str = "read", retries: int = 3) -> int | None:
@@ -358,15 +375,16 @@ class EntryCode:
                  cpl=0)
         path.add("exit", "write", k.cea("entry stack") + 0xF00, cpl=0)
         self._switch_to_user_cr3(path, k.cr3)
-        result = k.run_ops(path.ops)
-        k.log("exception_exit", k.cr3, 0, 3, result, noflush=_noflush(path))
+        cr3_before = k.cr3
+        trace = path.ops.build()
+        result = k.mmu.run(trace, stop_on_fault=True)
+        k.log("exception_exit", cr3_before, 0, 3, result, noflush=_noflush(trace))
         return True
 
 
-def _noflush(path: _Path) -> bool | None:
-    """The NOFLUSH bit of the last CR3 write of a path (None if it wrote none)."""
-    rows = [i for i, label in enumerate(path.labels) if "CR3" in label or label == "switch_mm"]
-    if not rows:
+def _noflush(trace: Trace) -> bool | None:
+    """The NOFLUSH bit of the last CR3 write of a trace (None if it wrote none)."""
+    rows = np.flatnonzero(trace.op == OPS["mov_cr3"])
+    if rows.size == 0:
         return None
-    trace = path.ops.build()
     return bool(int(trace.addr[rows[-1]]) & b.X86_CR3_PCID_NOFLUSH)
