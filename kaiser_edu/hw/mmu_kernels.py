@@ -210,8 +210,11 @@ def run_trace(ops, addrs, args, pool, ht, ht_bits, regs, tlb, geom, tstate, pcid
     With ``record`` the per-op results go to the out_* arrays (outcome, #PF error code,
     physical address, page size code, and where it was translated: 0 walk, 1 L1, 2 L2).
 
-    Memo: a direct-mapped table from 4 KiB page to the L1 way that last translated it lets
-    an L1 hit skip the set search. It is checked on use (the way must still hold a usable
+    Fast paths for L1 hits, both exact. An access to the same 4 KiB page as the op just
+    before it, when that op was an L1 hit, reuses its way: nothing can have changed in
+    between, and the way is already its set's most recently used, so even the LRU update
+    may be skipped. Otherwise a direct-mapped memo from 4 KiB page to the L1 way that last
+    translated it lets an L1 hit skip the set search. It is checked on use (the way must still hold a usable
     entry for this page and PCID, so fills, flushes and invalidations need no bookkeeping)
     and always returns the way the search would: two usable entries for one page can only
     arise when a global entry is filled while another address space's non-global entry for
@@ -275,324 +278,334 @@ def run_trace(ops, addrs, args, pool, ht, ht_bits, regs, tlb, geom, tstate, pcid
     # Memo: 4 KiB page -> the L1 way that translated it last (see the docstring).
     memo_vpn = np.full(MEMO_SLOTS, ~U0, dtype=np.uint64)
     memo_row = np.zeros(MEMO_SLOTS, dtype=np.int64)
+    prev_vpn = ~U0  # the page of the previous op, if it was an L1 hit (else ~0)
+    prev_row = np.int64(0)
     done = n * repeat
-    i = -1
-    for rep_i in range(repeat * n):
-        i += 1  # the op's index in the trace (no modulo: a division per op costs 20+ cycles)
-        if i == n:
-            i = 0
-        clock += U1
-        op = ops[i]
-        va = addrs[i]
-        arg = args[i]
-        outcome = OUT_OK
-        err = 0
-        pa = U0
-        size_code = 0
-        where = 0
-        if op <= OP_FETCH:
-            n_accesses += 1
-            user_access = (arg & 3) == 3
-            ac = (arg & 4) != 0
-            if not _canonical(va, vabits, top_ones):
-                outcome = OUT_GP
-            else:
-                # --- TLB lookup: L1, then L2 (a usable tag for this PCID, or global) ---
-                hit = np.int64(-1)
-                if tlb_on:
-                    vpn4 = va >> U12
-                    slot = vpn4 & u64(MEMO_SLOTS - 1)
-                    if memo_vpn[slot] == vpn4:  # still the usable entry for this page?
-                        r = memo_row[slot]
-                        tag = tlb[0, u64(r)]
-                        sc = tag & U3
-                        glob = (tag & u64(8)) != U0
-                        expect = ((va >> (U12 + U9 * sc)) << u64(16)) | sc
-                        expect |= u64(8) if glob else pcid << u64(4)
-                        if tag == expect and tlb[1, u64(r)] > (thr_g if glob else thr_ng):
-                            hit = r
+    stopped = False
+    for rep in range(repeat):
+        for i in range(n):
+            clock += U1
+            same_page = prev_vpn  # only the op right after an L1 hit may reuse its way
+            prev_vpn = ~U0
+            op = ops[i]
+            va = addrs[i]
+            arg = args[i]
+            outcome = OUT_OK
+            err = 0
+            pa = U0
+            size_code = 0
+            where = 0
+            if op <= OP_FETCH:
+                n_accesses += 1
+                user_access = (arg & 3) == 3
+                ac = (arg & 4) != 0
+                if not _canonical(va, vabits, top_ones):
+                    outcome = OUT_GP
+                else:
+                    # --- TLB lookup: L1, then L2 (a usable tag for this PCID, or global) ---
+                    hit = np.int64(-1)
+                    if tlb_on:
+                        vpn4 = va >> U12
+                        slot = vpn4 & u64(MEMO_SLOTS - 1)
+                        if vpn4 == same_page:  # nothing changed since: the same way, already MRU
+                            hit = prev_row
                             where = 1
-                            tlb[3, u64(r)] = clock
-                    if hit < 0:
-                        for lvl in range(2):
-                            for s in range(3):
-                                if (sizes[u64(lvl)] >> u64(s)) & U1 == U0:
-                                    continue
-                                vpn = va >> u64(12 + 9 * s)
-                                key_ng = (vpn << u64(16)) | (pcid << u64(4)) | u64(s)
-                                key_g = (vpn << u64(16)) | u64(8) | u64(s)
-                                row = lvl_base[u64(lvl)] + np.int64(vpn & u64(lvl_sets[u64(lvl)] - 1)) * lvl_ways[u64(lvl)]
-                                for r in range(row, row + lvl_ways[u64(lvl)]):
-                                    tag = tlb[0, u64(r)]
-                                    if ((tag == key_ng and tlb[1, u64(r)] > thr_ng)
-                                            or (tag == key_g and tlb[1, u64(r)] > thr_g)):
-                                        hit = r
+                        elif memo_vpn[slot] == vpn4:  # still the usable entry for this page?
+                            r = memo_row[slot]
+                            tag = tlb[0, u64(r)]
+                            sc = tag & U3
+                            glob = (tag & u64(8)) != U0
+                            expect = ((va >> (U12 + U9 * sc)) << u64(16)) | sc
+                            expect |= u64(8) if glob else pcid << u64(4)
+                            if tag == expect and tlb[1, u64(r)] > (thr_g if glob else thr_ng):
+                                hit = r
+                                where = 1
+                                tlb[3, u64(r)] = clock
+                        if hit < 0:
+                            for lvl in range(2):
+                                for s in range(3):
+                                    if (sizes[u64(lvl)] >> u64(s)) & U1 == U0:
+                                        continue
+                                    vpn = va >> u64(12 + 9 * s)
+                                    key_ng = (vpn << u64(16)) | (pcid << u64(4)) | u64(s)
+                                    key_g = (vpn << u64(16)) | u64(8) | u64(s)
+                                    row = lvl_base[u64(lvl)] + np.int64(vpn & u64(lvl_sets[u64(lvl)] - 1)) * lvl_ways[u64(lvl)]
+                                    for r in range(row, row + lvl_ways[u64(lvl)]):
+                                        tag = tlb[0, u64(r)]
+                                        if ((tag == key_ng and tlb[1, u64(r)] > thr_ng)
+                                                or (tag == key_g and tlb[1, u64(r)] > thr_g)):
+                                            hit = r
+                                            break
+                                    if hit >= 0:
                                         break
                                 if hit >= 0:
+                                    where = lvl + 1
+                                    tlb[3, u64(hit)] = clock
+                                    if lvl == 0:
+                                        memo_vpn[slot] = vpn4
+                                        memo_row[slot] = hit
                                     break
-                            if hit >= 0:
-                                where = lvl + 1
-                                tlb[3, u64(hit)] = clock
-                                if lvl == 0:
-                                    memo_vpn[slot] = vpn4
-                                    memo_row[slot] = hit
-                                break
-                n_fill = 0  # TLB levels to fill, from L1: none, L1 (after an L2 hit), or both
-                tag = U0
-                stamp = clock
-                data = U0
-                if hit >= 0:
-                    # Rights come from the TLB entry, not from memory (SDM 4.10.2.2): a
-                    # stale read-only entry gives a spurious #PF that drops it (4.10.4.3).
-                    data = tlb[2, u64(hit)]
-                    size_code = np.int64(tlb[0, u64(hit)] & U3)
-                    size_mask = (U1 << u64(12 + 9 * size_code)) - U1
-                    denied, pk = _rights_fault(op, user_access, ac, (data & U1) != U0,
-                                               (data & U2) != U0, (data & u64(4)) != U0,
-                                               (data >> u64(4)) & u64(0xF), cr0, cr4, pkru)
-                    if denied:
-                        outcome = OUT_PF
-                        err = _pf_error_code(op, user_access, cr4, efer) | PF_PROT
-                        if pk:
-                            err |= PF_PK
-                        size_code = 0
-                    elif op == OP_WRITE and (data & u64(8)) == U0:
-                        # A permitted write through an entry cached with D=0: the CPU walks
-                        # to set D in memory (SDM 4.8); the clean entries are replaced.
-                        n_dirty_assists += 1
-                        hit = np.int64(-1)
-                        for lvl in range(2):
-                            _tlb_invalidate_page(tlb, lvl_base[u64(lvl)], lvl_sets[u64(lvl)],
-                                                 lvl_ways[u64(lvl)], sizes[u64(lvl)], va, pcid,
-                                                 True, True)
-                        last_any = clock
-                    else:
-                        pa = (data & ~size_mask) | (va & size_mask)
-                        if where == 1:
-                            n_l1_hits += 1
-                        else:
-                            n_l2_hits += 1
-                            n_fill = 1  # copy the L2 entry into L1
-                            tag = tlb[0, u64(hit)]
-                            stamp = tlb[1, u64(hit)]
-                if outcome == OUT_OK and hit < 0:
-                    # --- the page walk (walk.py is the readable version of this) ---
-                    where = 0
-                    n_walks += 1
-                    err = _pf_error_code(op, user_access, cr4, efer)
-                    table = cr3 & addr_mask
-                    user_page = True
-                    writable = True
-                    nx = False
-                    entry = U0
-                    idx = np.int64(-1)
-                    level = 5 if (cr4 & CR4_LA57) != U0 else 4
-                    fault = False
-                    while True:
-                        shift = u64(12 + 9 * (level - 1))
-                        entry_pa = table | (((va >> shift) & U511) << U3)
-                        # physical memory: find the frame's pool slot in the hash table
-                        # (memo: the table this level used last time, usually the same)
-                        pfn = entry_pa >> U12
-                        if pfn != memo_pfn[u64(level)]:
-                            memo_pfn[u64(level)] = pfn
-                            memo_slot[u64(level)] = -1
-                            h = frame_hash(pfn, ht_bits)
-                            while True:
-                                key = ht[h * U2]
-                                if key == pfn + U1:
-                                    memo_slot[u64(level)] = np.int64(ht[h * U2 + U1])
-                                    break
-                                if key == U0:
-                                    break
-                                h = (h + U1) & ht_mask
-                        idx = np.int64(-1)
-                        if memo_slot[u64(level)] >= 0:
-                            idx = memo_slot[u64(level)] * 512 + np.int64((entry_pa & PAGE_MASK_LOW) >> U3)
-                        entry = pool[u64(idx)] if idx >= 0 else U0
-                        n_walk_reads += 1
-                        if (entry & P) == U0:
-                            fault = True  # not present: P=0 in the error code
-                            break
-                        leaf = level == 1 or (level <= 3 and (entry & PS) != U0)
-                        bad = rsvd_all
-                        if level >= 4:
-                            bad |= PS  # no 512 GiB pages
-                        elif leaf and level > 1:
-                            bad |= ((U1 << shift) - U1) & ~((U1 << U13) - U1)
-                        if (entry & bad) != U0:
-                            fault = True
-                            err |= PF_PROT | PF_RSVD
-                            break
-                        user_page = user_page and (entry & US) != U0
-                        writable = writable and (entry & RW) != U0
-                        nx = nx or (nxe and (entry & NX) != U0)
-                        if leaf:
-                            break
-                        if (entry & ACC) == U0:  # a table entry used on the way: set A
-                            pool[u64(idx)] = entry | ACC  # (kept even if a lower level faults)
-                            n_ad_writes += 1
-                        table = entry & addr_mask
-                        level -= 1
-                    pkey = (entry >> PKEY_SHIFT) & u64(0xF)
-                    if not fault:
-                        denied, pk = _rights_fault(op, user_access, ac, user_page, writable,
-                                                   nx, pkey, cr0, cr4, pkru)
+                    n_fill = 0  # TLB levels to fill, from L1: none, L1 (after an L2 hit), or both
+                    tag = U0
+                    stamp = clock
+                    data = U0
+                    if hit >= 0:
+                        # Rights come from the TLB entry, not from memory (SDM 4.10.2.2): a
+                        # stale read-only entry gives a spurious #PF that drops it (4.10.4.3).
+                        data = tlb[2, u64(hit)]
+                        size_code = np.int64(tlb[0, u64(hit)] & U3)
+                        size_mask = (U1 << u64(12 + 9 * size_code)) - U1
+                        denied, pk = _rights_fault(op, user_access, ac, (data & U1) != U0,
+                                                   (data & U2) != U0, (data & u64(4)) != U0,
+                                                   (data >> u64(4)) & u64(0xF), cr0, cr4, pkru)
                         if denied:
-                            fault = True
-                            err |= PF_PROT
+                            outcome = OUT_PF
+                            err = _pf_error_code(op, user_access, cr4, efer) | PF_PROT
                             if pk:
                                 err |= PF_PK
-                    if fault:
-                        outcome = OUT_PF
-                    else:
-                        err = 0
-                        new = entry | ACC
-                        if op == OP_WRITE:
-                            new |= DIRTY
-                        if new != entry:
-                            pool[u64(idx)] = new
-                            n_ad_writes += 1
-                            entry = new
-                        size_code = level - 1
-                        size_mask = (U1 << u64(12 + 9 * size_code)) - U1
-                        base = entry & addr_mask & ~size_mask
-                        pa = base | (va & size_mask)
-                        data = base | (pkey << u64(4))
-                        if user_page:
-                            data |= u64(1)
-                        if writable:
-                            data |= u64(2)
-                        if nx:
-                            data |= u64(4)
-                        if (entry & DIRTY) != U0:
-                            data |= u64(8)
-                        tag = (va >> u64(12 + 9 * size_code)) << u64(16) | u64(size_code)
-                        if (entry & GLOBAL) != U0 and (cr4 & CR4_PGE) != U0:
-                            tag |= u64(8)  # global: matches any PCID, so no PCID in the tag
+                            size_code = 0
+                        elif op == OP_WRITE and (data & u64(8)) == U0:
+                            # A permitted write through an entry cached with D=0: the CPU walks
+                            # to set D in memory (SDM 4.8); the clean entries are replaced.
+                            n_dirty_assists += 1
+                            hit = np.int64(-1)
+                            for lvl in range(2):
+                                _tlb_invalidate_page(tlb, lvl_base[u64(lvl)], lvl_sets[u64(lvl)],
+                                                     lvl_ways[u64(lvl)], sizes[u64(lvl)], va, pcid,
+                                                     True, True)
+                            last_any = clock
                         else:
-                            tag |= pcid << u64(4)
-                        n_fill = 2
-                # --- TLB fill: a free way (nothing usable in it), else the LRU way ---
-                if tlb_on:
-                    if n_fill and (tag & u64(8)) != U0:
-                        memo_vpn[:] = ~U0  # a global fill may duplicate a page: forget all
-                    for lvl in range(n_fill):
-                        row = lvl_base[u64(lvl)] + np.int64((tag >> u64(16)) & u64(lvl_sets[u64(lvl)] - 1)) * lvl_ways[u64(lvl)]
-                        victim = row
-                        oldest = clock + U1
-                        for r in range(row, row + lvl_ways[u64(lvl)]):
-                            stamp_r = tlb[1, u64(r)]
-                            if stamp_r <= last_any:  # filled before some flush: check it
-                                tag_r = tlb[0, u64(r)]
-                                if (stamp_r == U0 or stamp_r <= last_all or (
-                                        (tag_r & u64(8)) == U0 and (
-                                            stamp_r <= last_ng or stamp_r <= pcid_flush[(tag_r >> u64(4)) & PCID_MASK]))):
-                                    victim = r
-                                    break
-                            lru_r = tlb[3, u64(r)]  # argmin written as selects: no branch
-                            older = lru_r < oldest  # to mispredict on random LRU ages
-                            victim = r if older else victim
-                            oldest = lru_r if older else oldest
-                        tlb[0, u64(victim)] = tag
-                        tlb[1, u64(victim)] = stamp
-                        tlb[2, u64(victim)] = data
-                        tlb[3, u64(victim)] = clock
-                        sizes[u64(lvl)] |= U1 << (tag & U3)
-                if outcome == OUT_PF:
-                    n_pf += 1
-                    if tlb_on:  # a #PF drops the faulting page's entries (SDM 4.10.4.1)
-                        for lvl in range(2):
-                            _tlb_invalidate_page(tlb, lvl_base[u64(lvl)], lvl_sets[u64(lvl)],
-                                                 lvl_ways[u64(lvl)], sizes[u64(lvl)], va, pcid, True,
-                                                 True)
-                        last_any = clock
-        else:
-            if op == OP_MOV_CR3:
-                value = va & ~NOFLUSH
-                reserved = ~((U1 << maxphy) - U1) & ~NOFLUSH
-                if (value & reserved) != U0 or (not pcide and (va & NOFLUSH) != U0):
-                    outcome = OUT_GP  # reserved CR3 bits (SDM Tables 4-12, 4-13)
-                else:
-                    n_cr3_writes += 1
-                    cr3 = value
-                    if pcide:
-                        pcid = cr3 & PCID_MASK
-                        if (va & NOFLUSH) == U0:
-                            pcid_flush[pcid] = clock
-                            n_flushes += 1
-                    else:
-                        last_ng = clock  # PCIDE=0: every non-global entry goes
-                        n_flushes += 1
-            elif op == OP_INVLPG:
-                n_invlpg += 1
-                if tlb_on and _canonical(va, vabits, top_ones):  # non-canonical: a NOP
-                    for lvl in range(2):
-                        _tlb_invalidate_page(tlb, lvl_base[u64(lvl)], lvl_sets[u64(lvl)], lvl_ways[u64(lvl)],
-                                             sizes[u64(lvl)], va, pcid, True, True)
-            elif op == OP_INVPCID:
-                n_invpcid += 1
-                kind = (arg >> 12) & 3
-                target = u64(arg & 0xFFF)
-                if kind <= 1 and not pcide and target != U0:
-                    outcome = OUT_GP  # PCIDE=0: only PCID 0 may be named (SDM INVPCID)
-                elif kind == 0 and not _canonical(va, vabits, top_ones):
-                    outcome = OUT_GP
-                elif kind == 0:
+                            pa = (data & ~size_mask) | (va & size_mask)
+                            if where == 1:
+                                n_l1_hits += 1
+                                prev_vpn = vpn4
+                                prev_row = hit
+                            else:
+                                n_l2_hits += 1
+                                n_fill = 1  # copy the L2 entry into L1
+                                tag = tlb[0, u64(hit)]
+                                stamp = tlb[1, u64(hit)]
+                    if outcome == OUT_OK and hit < 0:
+                        # --- the page walk (walk.py is the readable version of this) ---
+                        where = 0
+                        n_walks += 1
+                        err = _pf_error_code(op, user_access, cr4, efer)
+                        table = cr3 & addr_mask
+                        user_page = True
+                        writable = True
+                        nx = False
+                        entry = U0
+                        idx = np.int64(-1)
+                        level = 5 if (cr4 & CR4_LA57) != U0 else 4
+                        fault = False
+                        while True:
+                            shift = u64(12 + 9 * (level - 1))
+                            entry_pa = table | (((va >> shift) & U511) << U3)
+                            # physical memory: find the frame's pool slot in the hash table
+                            # (memo: the table this level used last time, usually the same)
+                            pfn = entry_pa >> U12
+                            if pfn != memo_pfn[u64(level)]:
+                                memo_pfn[u64(level)] = pfn
+                                memo_slot[u64(level)] = -1
+                                h = frame_hash(pfn, ht_bits)
+                                while True:
+                                    key = ht[h * U2]
+                                    if key == pfn + U1:
+                                        memo_slot[u64(level)] = np.int64(ht[h * U2 + U1])
+                                        break
+                                    if key == U0:
+                                        break
+                                    h = (h + U1) & ht_mask
+                            idx = np.int64(-1)
+                            if memo_slot[u64(level)] >= 0:
+                                idx = memo_slot[u64(level)] * 512 + np.int64((entry_pa & PAGE_MASK_LOW) >> U3)
+                            entry = pool[u64(idx)] if idx >= 0 else U0
+                            n_walk_reads += 1
+                            if (entry & P) == U0:
+                                fault = True  # not present: P=0 in the error code
+                                break
+                            leaf = level == 1 or (level <= 3 and (entry & PS) != U0)
+                            bad = rsvd_all
+                            if level >= 4:
+                                bad |= PS  # no 512 GiB pages
+                            elif leaf and level > 1:
+                                bad |= ((U1 << shift) - U1) & ~((U1 << U13) - U1)
+                            if (entry & bad) != U0:
+                                fault = True
+                                err |= PF_PROT | PF_RSVD
+                                break
+                            user_page = user_page and (entry & US) != U0
+                            writable = writable and (entry & RW) != U0
+                            nx = nx or (nxe and (entry & NX) != U0)
+                            if leaf:
+                                break
+                            if (entry & ACC) == U0:  # a table entry used on the way: set A
+                                pool[u64(idx)] = entry | ACC  # (kept even if a lower level faults)
+                                n_ad_writes += 1
+                            table = entry & addr_mask
+                            level -= 1
+                        pkey = (entry >> PKEY_SHIFT) & u64(0xF)
+                        if not fault:
+                            denied, pk = _rights_fault(op, user_access, ac, user_page, writable,
+                                                       nx, pkey, cr0, cr4, pkru)
+                            if denied:
+                                fault = True
+                                err |= PF_PROT
+                                if pk:
+                                    err |= PF_PK
+                        if fault:
+                            outcome = OUT_PF
+                        else:
+                            err = 0
+                            new = entry | ACC
+                            if op == OP_WRITE:
+                                new |= DIRTY
+                            if new != entry:
+                                pool[u64(idx)] = new
+                                n_ad_writes += 1
+                                entry = new
+                            size_code = level - 1
+                            size_mask = (U1 << u64(12 + 9 * size_code)) - U1
+                            base = entry & addr_mask & ~size_mask
+                            pa = base | (va & size_mask)
+                            data = base | (pkey << u64(4))
+                            if user_page:
+                                data |= u64(1)
+                            if writable:
+                                data |= u64(2)
+                            if nx:
+                                data |= u64(4)
+                            if (entry & DIRTY) != U0:
+                                data |= u64(8)
+                            tag = (va >> u64(12 + 9 * size_code)) << u64(16) | u64(size_code)
+                            if (entry & GLOBAL) != U0 and (cr4 & CR4_PGE) != U0:
+                                tag |= u64(8)  # global: matches any PCID, so no PCID in the tag
+                            else:
+                                tag |= pcid << u64(4)
+                            n_fill = 2
+                    # --- TLB fill: a free way (nothing usable in it), else the LRU way ---
                     if tlb_on:
+                        if n_fill and (tag & u64(8)) != U0:
+                            memo_vpn[:] = ~U0  # a global fill may duplicate a page: forget all
+                        for lvl in range(n_fill):
+                            row = lvl_base[u64(lvl)] + np.int64((tag >> u64(16)) & u64(lvl_sets[u64(lvl)] - 1)) * lvl_ways[u64(lvl)]
+                            victim = row
+                            oldest = clock + U1
+                            for r in range(row, row + lvl_ways[u64(lvl)]):
+                                stamp_r = tlb[1, u64(r)]
+                                if stamp_r <= last_any:  # filled before some flush: check it
+                                    tag_r = tlb[0, u64(r)]
+                                    if (stamp_r == U0 or stamp_r <= last_all or (
+                                            (tag_r & u64(8)) == U0 and (
+                                                stamp_r <= last_ng or stamp_r <= pcid_flush[(tag_r >> u64(4)) & PCID_MASK]))):
+                                        victim = r
+                                        break
+                                lru_r = tlb[3, u64(r)]  # argmin written as selects: no branch
+                                older = lru_r < oldest  # to mispredict on random LRU ages
+                                victim = r if older else victim
+                                oldest = lru_r if older else oldest
+                            tlb[0, u64(victim)] = tag
+                            tlb[1, u64(victim)] = stamp
+                            tlb[2, u64(victim)] = data
+                            tlb[3, u64(victim)] = clock
+                            sizes[u64(lvl)] |= U1 << (tag & U3)
+                    if outcome == OUT_PF:
+                        n_pf += 1
+                        if tlb_on:  # a #PF drops the faulting page's entries (SDM 4.10.4.1)
+                            for lvl in range(2):
+                                _tlb_invalidate_page(tlb, lvl_base[u64(lvl)], lvl_sets[u64(lvl)],
+                                                     lvl_ways[u64(lvl)], sizes[u64(lvl)], va, pcid, True,
+                                                     True)
+                            last_any = clock
+            else:
+                if op == OP_MOV_CR3:
+                    value = va & ~NOFLUSH
+                    reserved = ~((U1 << maxphy) - U1) & ~NOFLUSH
+                    if (value & reserved) != U0 or (not pcide and (va & NOFLUSH) != U0):
+                        outcome = OUT_GP  # reserved CR3 bits (SDM Tables 4-12, 4-13)
+                    else:
+                        n_cr3_writes += 1
+                        cr3 = value
+                        if pcide:
+                            pcid = cr3 & PCID_MASK
+                            if (va & NOFLUSH) == U0:
+                                pcid_flush[pcid] = clock
+                                n_flushes += 1
+                        else:
+                            last_ng = clock  # PCIDE=0: every non-global entry goes
+                            n_flushes += 1
+                elif op == OP_INVLPG:
+                    n_invlpg += 1
+                    if tlb_on and _canonical(va, vabits, top_ones):  # non-canonical: a NOP
                         for lvl in range(2):
-                            _tlb_invalidate_page(tlb, lvl_base[u64(lvl)], lvl_sets[u64(lvl)],
-                                                 lvl_ways[u64(lvl)], sizes[u64(lvl)], va, target, False,
-                                                 True)
-                elif kind == 1:
-                    pcid_flush[target] = clock
-                    n_flushes += 1
-                elif kind == 2:
-                    last_all = clock
-                    sizes[:] = U0
-                    n_flushes += 1
-                else:
-                    last_ng = clock
-                    n_flushes += 1
-            elif op == OP_MOV_CR4:
-                changed = cr4 ^ va
-                if ((changed & CR4_LA57) != U0 or (va & CR4_PAE) == U0
-                        or ((va & CR4_PCIDE) != U0 and not pcide
-                            and (cr3 & PCID_MASK) != U0)):
-                    outcome = OUT_GP  # LA57 changes only outside 64-bit mode; PAE keeps it
-                else:
-                    if (changed & CR4_PGE) != U0 or (pcide and (va & CR4_PCIDE) == U0):
-                        last_all = clock  # everything, globals included (SDM 4.10.4.1)
+                            _tlb_invalidate_page(tlb, lvl_base[u64(lvl)], lvl_sets[u64(lvl)], lvl_ways[u64(lvl)],
+                                                 sizes[u64(lvl)], va, pcid, True, True)
+                elif op == OP_INVPCID:
+                    n_invpcid += 1
+                    kind = (arg >> 12) & 3
+                    target = u64(arg & 0xFFF)
+                    if kind <= 1 and not pcide and target != U0:
+                        outcome = OUT_GP  # PCIDE=0: only PCID 0 may be named (SDM INVPCID)
+                    elif kind == 0 and not _canonical(va, vabits, top_ones):
+                        outcome = OUT_GP
+                    elif kind == 0:
+                        if tlb_on:
+                            for lvl in range(2):
+                                _tlb_invalidate_page(tlb, lvl_base[u64(lvl)], lvl_sets[u64(lvl)],
+                                                     lvl_ways[u64(lvl)], sizes[u64(lvl)], va, target, False,
+                                                     True)
+                    elif kind == 1:
+                        pcid_flush[target] = clock
+                        n_flushes += 1
+                    elif kind == 2:
+                        last_all = clock
                         sizes[:] = U0
                         n_flushes += 1
-                    elif (changed & CR4_SMEP) != U0 and (va & CR4_SMEP) != U0:
-                        pcid_flush[pcid] = clock
+                    else:
+                        last_ng = clock
                         n_flushes += 1
-                    cr4 = va
-                    pcide = (cr4 & CR4_PCIDE) != U0
-                    pcid = cr3 & PCID_MASK if pcide else U0
-            elif op == OP_WRPKRU:
-                pkru = va & u64(0xFFFFFFFF)
-            elif op == OP_MOV_CR0:
-                if (va & CR0_PG) == U0 or (va & CR0_PE) == U0:
-                    outcome = OUT_GP  # leaving paging is not simulated
+                elif op == OP_MOV_CR4:
+                    changed = cr4 ^ va
+                    if ((changed & CR4_LA57) != U0 or (va & CR4_PAE) == U0
+                            or ((va & CR4_PCIDE) != U0 and not pcide
+                                and (cr3 & PCID_MASK) != U0)):
+                        outcome = OUT_GP  # LA57 changes only outside 64-bit mode; PAE keeps it
+                    else:
+                        if (changed & CR4_PGE) != U0 or (pcide and (va & CR4_PCIDE) == U0):
+                            last_all = clock  # everything, globals included (SDM 4.10.4.1)
+                            sizes[:] = U0
+                            n_flushes += 1
+                        elif (changed & CR4_SMEP) != U0 and (va & CR4_SMEP) != U0:
+                            pcid_flush[pcid] = clock
+                            n_flushes += 1
+                        cr4 = va
+                        pcide = (cr4 & CR4_PCIDE) != U0
+                        pcid = cr3 & PCID_MASK if pcide else U0
+                elif op == OP_WRPKRU:
+                    pkru = va & u64(0xFFFFFFFF)
+                elif op == OP_MOV_CR0:
+                    if (va & CR0_PG) == U0 or (va & CR0_PE) == U0:
+                        outcome = OUT_GP  # leaving paging is not simulated
+                    else:
+                        cr0 = va
                 else:
-                    cr0 = va
-            else:
-                outcome = OUT_GP  # unknown op: refused by mmu.py before we get here
-            thr_g = last_all
-            thr_ng = max(last_all, max(last_ng, pcid_flush[pcid]))
-            last_any = clock  # conservatively: this op may have flushed or invalidated
-        if outcome == OUT_GP:
-            n_gp += 1
-        if record:
-            out_outcome[i] = outcome
-            out_error[i] = err
-            out_pa[i] = pa
-            out_size[i] = size_code
-            out_tlb[i] = where
-        if stop_on_fault and outcome != OUT_OK:
-            done = rep_i + 1
+                    outcome = OUT_GP  # unknown op: refused by mmu.py before we get here
+                thr_g = last_all
+                thr_ng = max(last_all, max(last_ng, pcid_flush[pcid]))
+                last_any = clock  # conservatively: this op may have flushed or invalidated
+            if outcome == OUT_GP:
+                n_gp += 1
+            if record:
+                out_outcome[i] = outcome
+                out_error[i] = err
+                out_pa[i] = pa
+                out_size[i] = size_code
+                out_tlb[i] = where
+            if stop_on_fault and outcome != OUT_OK:
+                done = rep * n + i + 1
+                stopped = True
+                break
+        if stopped:
             break
     regs[R_CR0] = cr0
     regs[R_CR3] = cr3

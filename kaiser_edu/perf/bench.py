@@ -46,6 +46,7 @@ HIT_ACCESSES = 10_000_000  # trace (a): sequential 8-byte steps
 RANDOM_ACCESSES = 2_000_000  # trace (b): uniformly random qwords of the mapped pages
 REFERENCE_SAMPLE = 20_000  # accesses of each trace given to the pure-Python walk
 PEAK_PAGES = 1_000_000  # pages mapped (and random accesses run) for the peak-memory figure
+SYSCALLS = 2_000_000  # simulated system calls per configuration (a quarter without PCID)
 BASE_VA = 0x7F00_0000_0000  # where the pages are mapped (user space)
 SEED = 20180103  # the day KAISER/KPTI became public
 
@@ -401,6 +402,39 @@ class Target:
         return v <= self.limit if self.at_most else v >= self.limit
 
 
+@measurement
+def syscalls(bench: Bench) -> str:
+    """Simulated system-call round trips per second on the simulated kernel (entry, 8
+    kernel accesses, exit): isolation off, Linux PTI with PCIDs, PTI without. One round trip
+    is ~20 MMU operations: the entry code's fetches and its write to the TSS on the user
+    CR3, the CR3 switches, the pushes of pt_regs, do_syscall_64's accesses, the exit through
+    the entry stack and the first user instruction. Without PCID every CR3 write flushes the
+    TLB, so each round trip walks again: the cost KPTI was measured to have."""
+    from kaiser_edu.kernel import Kernel
+
+    parts = []
+    for name, options in (("off", {"isolation": "off"}), ("pti_pcid", {"isolation": "pti"}),
+                          ("pti_nopcid", {"isolation": "pti", "pcid": False})):
+        n = bench.size(SYSCALLS // (4 if name == "pti_nopcid" else 1))
+        counters: dict[str, int] = {}
+
+        def booted(options: dict = options) -> tuple:
+            kernel = Kernel(seed=SEED, **options)
+            task = kernel.spawn("bench")
+            kernel.switch_to(task)
+            kernel.syscall(task)  # faults the user text page in
+            return kernel, task
+
+        def batch(kernel, task, n: int = n, counters: dict = counters) -> None:
+            counters.update(kernel.entry.syscall_batch(task, n))
+
+        ns = bench.timed(f"syscall_{name}_ns", batch, n, setup=booted)
+        rate = bench.record(f"syscall_{name}_per_s", 1e9 / ns)
+        bench.record(f"syscall_{name}_walks_per_call", counters["walks"] / n)
+        parts.append(f"{name} {rate / 1e6:.2f} M/s ({counters['walks'] / n:.1f} walks each)")
+    return "syscall round trips: " + ", ".join(parts)
+
+
 TARGETS: list[Target] = [
     Target("hit_ns", 6, why="high-locality trace: >= 150 M accesses/s"),
     Target("hit_ns", 2.5, per="floor_ns", why="close to the memory floor"),
@@ -410,6 +444,9 @@ TARGETS: list[Target] = [
            why="numba vs pure Python"),
     Target("warm_start_s", 1, why="fresh process, compile cache present"),
     Target("peak_rss_mib_1e6_pages", 400, why="1e6 mapped pages, 1e6 accesses"),
+    Target("syscall_off_per_s", 10e6, at_most=False, why="simulated syscalls, no isolation"),
+    Target("syscall_pti_pcid_per_s", 10e6, at_most=False, why="simulated syscalls, PTI + PCID"),
+    Target("syscall_pti_nopcid_per_s", 1e6, at_most=False, why="PTI without PCID: flushes"),
 ]
 
 
