@@ -401,3 +401,42 @@ def test_tlb_runs_figure_and_no_pyplot_leaks():
     assert repr(fig).startswith("<Figure size")
     if "matplotlib.pyplot" in sys.modules:
         assert sys.modules["matplotlib.pyplot"].get_fignums() == []
+
+
+# --- the quiz ---------------------------------------------------------------------------
+def _quiz_questions():
+    from kaiser_edu.widgets.quiz import Option, Question
+
+    return [
+        Question("Which bit marks a PTE present?",
+                 [Option("bit 0 (P)", True, "Right: with P=0 the CPU ignores the rest."),
+                  Option("bit 63 (XD)", False, "No: XD forbids instruction fetches.")]),
+        Question("A non-canonical address raises...",
+                 [Option("#PF", False, "No: #PF needs a canonical address."),
+                  Option("#GP", True)]),
+    ]
+
+
+def test_quiz_grades_and_explains():
+    from kaiser_edu.widgets.quiz import Quiz
+
+    quiz = Quiz(_quiz_questions())
+    quiz.check_button.click()
+    assert "Score: 0 / 2" in quiz.text and "Not answered yet." in quiz.text
+    quiz.choices[0].value = "bit 63 (XD)"
+    quiz.choices[1].value = "#GP"
+    quiz.check_button.click()
+    assert "Score: 1 / 2" in quiz.text
+    assert "XD forbids instruction fetches" in quiz.text  # the wrong option's own feedback
+    assert "Right." in quiz.text  # an option without feedback gets a default
+    quiz.choices[0].value = "bit 0 (P)"
+    quiz.check_button.click()
+    assert quiz.text.startswith("Score: 2 / 2")
+
+
+def test_quiz_refuses_ambiguous_questions():
+    from kaiser_edu.errors import KaiserEduError
+    from kaiser_edu.widgets.quiz import Option, Question
+
+    with pytest.raises(KaiserEduError, match="exactly one correct option"):
+        Question("?", [Option("a", True), Option("b", True)])

@@ -11,6 +11,8 @@ calling ``.click()``.
 - :mod:`~kaiser_edu.widgets.tlb_lab` (lesson 03): TLB size, working set, CR3 switches, PCID
 - :mod:`~kaiser_edu.widgets.figures`: the lessons' matplotlib figures
 - :mod:`~kaiser_edu.widgets.linux_map`: the Linux x86-64 virtual memory map (mm.rst)
+- :mod:`~kaiser_edu.widgets.practice`: practice problems (lesson 02)
+- :mod:`~kaiser_edu.widgets.quiz`: the self-check quiz that ends every lesson
 
 Names are imported lazily (PEP 562), so ``import kaiser_edu.widgets.linux_map`` does not pay
 for ipywidgets, matplotlib or numba.
@@ -38,6 +40,10 @@ _EXPORTS = {
     "miss_rate_vs_working_set": "figures",
     "page_table_tree": "figures",
     "region_of": "linux_map",
+    "PracticeWidget": "practice",
+    "Quiz": "quiz",
+    "Question": "quiz",
+    "Option": "quiz",
 }
 
 __all__ = sorted(_EXPORTS)
