@@ -79,3 +79,18 @@ def swatch(color: str) -> str:
     """A small coloured square, always placed next to a word that names it."""
     return (f'<span style="display:inline-block;width:0.8em;height:0.8em;background:{color};'
             'border:1px solid #444;vertical-align:middle"></span>')
+
+
+class OutputView:
+    """Mixin for a view that shows its result in ``self.output``: ``.html`` and ``.text``
+    read back what it currently shows (what tests and lessons assert on)."""
+
+    output: widgets.Output
+
+    @property
+    def html(self) -> str:
+        return shown(self.output, "text/html")
+
+    @property
+    def text(self) -> str:
+        return shown(self.output, "text/plain")

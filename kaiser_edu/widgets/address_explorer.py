@@ -206,7 +206,7 @@ def address_html(info: AddressInfo, show_map: bool = True) -> str:
     return f"<div>{head}{bits_table}{facts}{table}</div>"
 
 
-class AddressExplorer(widgets.VBox):
+class AddressExplorer(_view.OutputView, widgets.VBox):
     """Type or slide an address; see its fields, canonical check, half and Linux region.
 
     Controls (attributes):
@@ -295,14 +295,6 @@ class AddressExplorer(widgets.VBox):
         _view.show(self.output, address_html(self.info, self.show_map), self.info.summary())
 
     # --- reading ---------------------------------------------------------------------------
-    @property
-    def html(self) -> str:
-        return _view.shown(self.output, "text/html")
-
-    @property
-    def text(self) -> str:
-        return _view.shown(self.output, "text/plain")
-
     def __repr__(self) -> str:
         where = f"{self.info.va:#x}" if self.info else repr(self.address.value)
         return f"AddressExplorer(address={where}, levels={self.levels.value})"

@@ -264,7 +264,7 @@ def experiment_html(r: Mapping[str, Any]) -> str:
             f"</div></div>")
 
 
-class TLBLab(widgets.VBox):
+class TLBLab(_view.OutputView, widgets.VBox):
     """Change the TLB, the working set, the switch rate and PCID; see hits, misses and a bar
     chart of the last few runs.
 
@@ -336,14 +336,6 @@ class TLBLab(widgets.VBox):
         png = _view.figure_png(tlb_runs_figure(self.history))
         _view.show(self.output, experiment_html(self.result), experiment_text(self.result), png)
         return self.result
-
-    @property
-    def html(self) -> str:
-        return _view.shown(self.output, "text/html")
-
-    @property
-    def text(self) -> str:
-        return _view.shown(self.output, "text/plain")
 
     def __repr__(self) -> str:
         p = self.params
@@ -426,7 +418,7 @@ def stale_tlb_demo(va: int = 0x40_0000) -> tuple[StaleRead, StaleRead, StaleRead
     return first, stale, fresh
 
 
-class StaleTLBWidget(widgets.VBox):
+class StaleTLBWidget(_view.OutputView, widgets.VBox):
     """Step through :func:`stale_tlb_demo`: each click of ``step_button`` reveals one read;
     ``reset_button`` starts over. ``output`` shows the reads so far; ``reads`` holds all three.
     """
@@ -468,14 +460,6 @@ class StaleTLBWidget(widgets.VBox):
         html = f"<ul style='list-style:none;padding-left:0'>{''.join(items)}</ul>" if items \
             else f"<div>{_view.esc(lines[0])}</div>"
         _view.show(self.output, html, "\n".join(lines))
-
-    @property
-    def html(self) -> str:
-        return _view.shown(self.output, "text/html")
-
-    @property
-    def text(self) -> str:
-        return _view.shown(self.output, "text/plain")
 
     def __repr__(self) -> str:
         return f"StaleTLBWidget(step={self.revealed}/{len(self.reads)})"

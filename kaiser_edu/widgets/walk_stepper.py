@@ -417,7 +417,7 @@ def _allowed_because(result: WalkResult, regs: Registers, ac: bool, last: StepRo
 
 
 # --- the view ------------------------------------------------------------------------------
-class WalkStepper(widgets.VBox):
+class WalkStepper(_view.OutputView, widgets.VBox):
     """Choose an address and an access, then press Step to see the walk level by level.
 
     Controls (attributes): ``preset`` (Dropdown of the demo machine's addresses),
@@ -496,14 +496,6 @@ class WalkStepper(widgets.VBox):
     @property
     def finished(self) -> bool:
         return self.view is not None and self.revealed >= self.view.stages
-
-    @property
-    def html(self) -> str:
-        return _view.shown(self.output, "text/html")
-
-    @property
-    def text(self) -> str:
-        return _view.shown(self.output, "text/plain")
 
     # --- wiring ----------------------------------------------------------------------------
     def _on_preset(self, change: dict) -> None:
