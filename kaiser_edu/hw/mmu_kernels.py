@@ -214,11 +214,13 @@ def run_trace(ops, addrs, args, pool, ht, ht_bits, regs, tlb, geom, tstate, pcid
     before it, when that op was an L1 hit, reuses its way: nothing can have changed in
     between, and the way is already its set's most recently used, so even the LRU update
     may be skipped. Otherwise a direct-mapped memo from 4 KiB page to the L1 way that last
-    translated it lets an L1 hit skip the set search. It is checked on use (the way must still hold a usable
-    entry for this page and PCID, so fills, flushes and invalidations need no bookkeeping)
-    and always returns the way the search would: two usable entries for one page can only
-    arise when a global entry is filled while another address space's non-global entry for
-    the page is cached, and every global fill clears the memo.
+    translated it lets an L1 hit skip the set search. It is checked on use (the way must
+    still hold a usable entry for this page and PCID) and lives only as long as a run of
+    accesses: any other op (a CR3 write above all) voids it. Within such a run it always
+    returns the way the search would: a second usable entry for a page can only appear by a
+    fill, and nothing is filled for a page that already has a usable entry. (Across a PCID
+    switch two cached entries can match one page, a global one and the current PCID's; the
+    search's order decides, and the memo must not.)
     """
     n = ops.shape[0]
     cr0 = regs[R_CR0]
@@ -278,6 +280,8 @@ def run_trace(ops, addrs, args, pool, ht, ht_bits, regs, tlb, geom, tstate, pcid
     # Memo: 4 KiB page -> the L1 way that translated it last (see the docstring).
     memo_vpn = np.full(MEMO_SLOTS, ~U0, dtype=np.uint64)
     memo_row = np.zeros(MEMO_SLOTS, dtype=np.int64)
+    memo_gen = np.zeros(MEMO_SLOTS, dtype=np.int64)
+    gen = np.int64(1)  # bumped by every non-access op: memo entries of older runs are void
     prev_vpn = ~U0  # the page of the previous op, if it was an L1 hit (else ~0)
     prev_row = np.int64(0)
     done = n * repeat
@@ -310,7 +314,7 @@ def run_trace(ops, addrs, args, pool, ht, ht_bits, regs, tlb, geom, tstate, pcid
                         if vpn4 == same_page:  # nothing changed since: the same way, already MRU
                             hit = prev_row
                             where = 1
-                        elif memo_vpn[slot] == vpn4:  # still the usable entry for this page?
+                        elif memo_vpn[slot] == vpn4 and memo_gen[slot] == gen:
                             r = memo_row[slot]
                             tag = tlb[0, u64(r)]
                             sc = tag & U3
@@ -344,6 +348,7 @@ def run_trace(ops, addrs, args, pool, ht, ht_bits, regs, tlb, geom, tstate, pcid
                                     if lvl == 0:
                                         memo_vpn[slot] = vpn4
                                         memo_row[slot] = hit
+                                        memo_gen[slot] = gen
                                     break
                     n_fill = 0  # TLB levels to fill, from L1: none, L1 (after an L2 hit), or both
                     tag = U0
@@ -455,6 +460,7 @@ def run_trace(ops, addrs, args, pool, ht, ht_bits, regs, tlb, geom, tstate, pcid
                                     err |= PF_PK
                         if fault:
                             outcome = OUT_PF
+                            size_code = 0  # (a dirty assist may have set it from the TLB)
                         else:
                             err = 0
                             new = entry | ACC
@@ -485,8 +491,6 @@ def run_trace(ops, addrs, args, pool, ht, ht_bits, regs, tlb, geom, tstate, pcid
                             n_fill = 2
                     # --- TLB fill: a free way (nothing usable in it), else the LRU way ---
                     if tlb_on:
-                        if n_fill and (tag & u64(8)) != U0:
-                            memo_vpn[:] = ~U0  # a global fill may duplicate a page: forget all
                         for lvl in range(n_fill):
                             row = lvl_base[u64(lvl)] + np.int64((tag >> u64(16)) & u64(lvl_sets[u64(lvl)] - 1)) * lvl_ways[u64(lvl)]
                             victim = row
@@ -518,6 +522,7 @@ def run_trace(ops, addrs, args, pool, ht, ht_bits, regs, tlb, geom, tstate, pcid
                                                      True)
                             last_any = clock
             else:
+                gen += 1
                 if op == OP_MOV_CR3:
                     value = va & ~NOFLUSH
                     reserved = ~((U1 << maxphy) - U1) & ~NOFLUSH

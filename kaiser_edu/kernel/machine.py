@@ -331,7 +331,8 @@ class Kernel:
         new_brk = -(-new_brk // b.PAGE_SIZE) * b.PAGE_SIZE
         if new_brk < mm.start_brk:
             return mm.brk
-        heap = next((v for v in mm.vmas if v.name == "[heap]"), None)
+        # The heap is the VMA that ends at the break (mprotect() may have split it).
+        heap = next((v for v in mm.vmas if v.name == "[heap]" and v.end == mm.brk), None)
         if heap is None and new_brk > mm.start_brk:
             heap = mm.add_vma(Vma(mm.start_brk, new_brk, PROT_READ | PROT_WRITE, "[heap]"))
         elif heap is not None and new_brk > heap.end:
