@@ -3,7 +3,7 @@
 #   make lab     create .venv if needed, then open the course in JupyterLab
 #   make test    create .venv if needed, then run every check (what CI runs)
 #   make bench   measure the simulator (kaiser-edu bench)
-#   make lint    ruff only
+#   make lint    ruff only (likewise make pytest, make notebooks, make browser: one step each)
 #   make clean   remove caches and build output (keeps .venv)
 #
 # The environment is a plain venv made with the machine's python3, with the package
@@ -26,15 +26,26 @@ export NUMBA_CACHE_DIR
 PYTEST := $(BIN)/pytest
 LINT_PATHS := kaiser_edu $(wildcard tests)
 
-# `make lab` opens the tour if it exists, else the notebooks folder, else the repo.
-LAB_OPEN := $(if $(wildcard notebooks/00_tour.ipynb),notebooks/00_tour.ipynb,\
+# `make lab` opens lesson 00 (the tour) if it exists, else the notebooks folder, else the repo.
+LESSON_00 := $(firstword $(sort $(wildcard notebooks/00_*.ipynb)))
+LAB_OPEN := $(if $(LESSON_00),$(LESSON_00),\
               $(if $(wildcard notebooks),--LabApp.default_url=/lab/tree/notebooks))
 LAB_ARGS ?=
 # Jupyter refuses to run as root without this (containers, lab machines).
 LAB_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root)
 BENCH_ARGS ?=
 
-.PHONY: help venv lab test lint pytest property-nojit property-boundscheck bench clean
+# The folders whose notebooks nbval runs, less those without any notebook (nbval would
+# collect nothing there; an empty or missing folder is not an error).
+NB_FOLDERS := notebooks solutions exercises
+NB_DIRS := $(strip $(foreach d,$(NB_FOLDERS),$(if $(shell find $(d) -name '*.ipynb' \
+             -not -path '*/.ipynb_checkpoints/*' -print -quit 2>/dev/null),$(d))))
+NBVAL_OPTS := --nbval --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg \
+              --nbval-cell-timeout=300
+LESSONS := $(wildcard notebooks/*.ipynb)
+
+.PHONY: help venv lab test lint pytest notebooks browser property-nojit property-boundscheck \
+        bench clean
 
 help:
 	@sed -n '3,8s/^# //p' $(firstword $(MAKEFILE_LIST))
@@ -67,21 +78,49 @@ bench: $(STAMP)
 
 # --- checks -------------------------------------------------------------------------------
 
-# Everything, in order: lint, the whole pytest suite (testpaths in pyproject.toml: tests/
-# and the doctests in kaiser_edu/), then the property tests again with numba's JIT off (the kernels run as plain
-# Python, so Python's own checks apply) and with bounds checking on. Those two reruns use
-# fewer hypothesis examples and their own numba caches: numba does not key its cache on
-# NUMBA_BOUNDSCHECK, so a shared cache would hand back kernels compiled without checks.
-test: lint pytest property-nojit property-boundscheck
+# Everything, in order: lint; the pytest suite (testpaths in pyproject.toml: tests/ and the
+# doctests in kaiser_edu/; no notebooks, and without the browser tests); nbval over every
+# notebook; the real-browser test of each lesson; then the property tests again with
+# numba's JIT off (the kernels run as plain Python, so Python's own checks apply) and with
+# bounds checking on. Those two reruns use fewer hypothesis examples and their own numba
+# caches: numba does not key its cache on NUMBA_BOUNDSCHECK, so a shared cache would hand
+# back kernels compiled without checks.
+test: lint pytest notebooks browser property-nojit property-boundscheck
 	@echo "== make test: all checks passed"
 
 lint: $(STAMP)
 	@echo "== ruff check $(LINT_PATHS)"
 	$(BIN)/ruff check $(LINT_PATHS)
 
+# pytest collects notebooks only when given --nbval (the next step), so this run has none.
 pytest: $(STAMP)
-	@echo "== pytest (everything)"
-	$(PYTEST)
+	@echo "== pytest: tests/ and the doctests (browser tests: make browser)"
+	$(PYTEST) -m 'not browser'
+
+# Each notebook runs in a fresh kernel of this environment and every cell's output is
+# compared with the committed one (tests/nbval_sanitize.cfg: what may differ). That the
+# committed notebooks are executed, so that there is something to compare, is checked by
+# tests/test_notebooks_executed.py in the step above.
+notebooks: $(STAMP)
+ifeq ($(strip $(NB_DIRS)),)
+	@echo "== nbval: no notebooks in $(NB_FOLDERS): nothing to run"
+else
+	@echo "== nbval: every notebook in $(NB_DIRS)"
+	$(PYTEST) $(NBVAL_OPTS) --durations=5 $(NB_DIRS)
+endif
+
+# Each lesson opened in JupyterLab in headless Chromium (Debian's /usr/bin/chromium):
+# run all cells, no error anywhere, one widget operated and its view seen to change.
+# Screenshots and the server's log: test-artifacts/browser/. Without chromium the test
+# is skipped with a message (with CI=true it fails instead). -s shows one line per lesson:
+# its cells, the widget operated and how long opening, Run All and the widget took.
+browser: $(STAMP)
+ifeq ($(strip $(LESSONS)),)
+	@echo "== browser test: no lesson in notebooks/ yet: nothing to run"
+else
+	@echo "== browser test: $(words $(LESSONS)) lessons in JupyterLab in headless Chromium"
+	$(PYTEST) -m browser -s --durations=0 tests/test_browser.py
+endif
 
 # Skipped, with a warning, while no test is marked `property` (pytest would exit 5).
 define run_property_tests
