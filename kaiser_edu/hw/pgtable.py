@@ -210,29 +210,35 @@ class PageTables:
         where pti_set_user_pgtbl() mirrors user entries into the shadow PGD)."""
         self.mem.write_qword(entry_pa, value)
 
-    def iter_leaves(self, start: int = 0, end: int = 1 << 47) -> Iterator[tuple[int, Entry]]:
-        """Every present leaf whose page starts in [start, end), as (va, Entry), in address
-        order. ``start``/``end`` are lower-half offsets or canonical addresses."""
-        yield from self._leaves(self.pgd_pa, self.levels, 0, start, end)
+    def iter_leaves(self, start: int = 0, end: int = 1 << 47,
+                    leaf_mask: int = b.PAGE_PRESENT) -> Iterator[tuple[int, Entry]]:
+        """Every leaf whose page starts in [start, end), as (va, Entry), in address order.
+        ``start``/``end`` are lower-half offsets or canonical addresses. A PTE is reported
+        if it has any bit of ``leaf_mask`` (an OS may keep a frame in a not-present PTE,
+        e.g. Linux's PROT_NONE pages)."""
+        yield from self._leaves(self.pgd_pa, self.levels, 0, start, end, leaf_mask)
 
-    def _leaves(self, table: int, level: int, base: int, start: int, end: int):
+    def _leaves(self, table: int, level: int, base: int, start: int, end: int,
+                leaf_mask: int):
         span = 1 << b.level_shift(level)
         frame = self.mem.slot(table >> b.PAGE_SHIFT)
         if frame is None:
             return
         values = self.mem.frame_array(table >> b.PAGE_SHIFT).copy()
-        for index in np.flatnonzero(values & np.uint64(b.PAGE_PRESENT)):
+        mask = leaf_mask if level == 1 else b.PAGE_PRESENT
+        for index in np.flatnonzero(values & np.uint64(mask)):
             va = base + int(index) * span
             if level == self.levels and index >= 256:
                 va = canonicalize(va, self.levels)
             if va + span <= start or va >= end:
                 continue
             entry = Entry(level, table | (int(index) << 3), int(values[index]))
-            if entry.is_leaf:
+            if entry.is_leaf or level == 1:
                 if va >= start:
                     yield va, entry
             elif level > 1 and not (level >= 4 and entry.value & b.PAGE_PSE):
-                yield from self._leaves(entry.value & self._addr_mask, level - 1, va, start, end)
+                yield from self._leaves(entry.value & self._addr_mask, level - 1, va, start,
+                                        end, leaf_mask)
 
     # --- helpers ---------------------------------------------------------------------------
     def _check_page(self, va: int, pa: int, size: int, flags: int) -> int:

@@ -50,7 +50,7 @@ def pti_decision(cmdline: str, cpu: CpuModel) -> tuple[bool, str]:
     """
     mode = "auto"
     for word in cmdline.split():
-        if word == "nopti":
+        if word in ("nopti", "mitigations=off"):  # cpu_mitigations_off() forces it off too
             mode = "off"
         elif word.startswith("pti="):
             mode = word[4:]

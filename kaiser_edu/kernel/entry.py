@@ -100,11 +100,12 @@ class EntryCode:
         img = self.k.image
         path.add("kernel", "fetch", img.symbol(handler), cpl=0)
         hot = img.percpu("percpu_hot")
-        for i in range(work):  # per-CPU data and the task's stack, alternating
-            if i % 2:
-                path.add("kernel", "read", hot + 8 * (i % 64), cpl=0)
-            else:
-                path.add("kernel", "write", task.stack_top - 0x200 - 8 * i, cpl=0)
+        # The handler's own stack frame first, then per-CPU data (current task, counters):
+        # half of the accesses each, in runs, as compiled code touches them.
+        for i in range(work - work // 2):
+            path.add("kernel", "write", task.stack_top - 0x200 - 8 * i, cpl=0)
+        for i in range(work // 2):
+            path.add("kernel", "read", hot + 8 * (i % 64), cpl=0)
 
     def _push_pt_regs(self, path: _Path, task, label: str) -> None:
         path.add(label, "read", self.k.image.percpu("percpu_hot"), cpl=0)  # top_of_stack
@@ -181,20 +182,18 @@ class EntryCode:
         return Outcome("triple fault", self.halted, list(k.events)[-3:])
 
     def _user_fault_after_exit(self, task, fault) -> Outcome:
-        """The first user instruction faulted. With a user CR3 that is an ordinary demand
-        fault; on the kernel CR3 it is the NX bit that pti_set_user_pgtbl() put on the
-        kernel copy of every user PGD entry."""
+        """The first user instruction faulted: handle it like any user fault (demand
+        paging, or the missed-CR3-switch kill in :meth:`user_access`)."""
         k = self.k
-        on_kernel_pgd = self.isolated and not k.cr3 & PTI_USER_PGTABLE_MASK
-        if on_kernel_pgd:
-            k.exit(task, "killed: NX fault on the first user instruction (error code "
-                         f"{fault.error_code:#x}): user code ran on the kernel CR3")
-            return Outcome("killed", task.exit_reason, [k.events[-1]])
         try:
             out = self.user_access(task, task.user_rip, "fetch")
         except MachineReset:
             return Outcome("triple fault", self.halted, list(k.events)[-3:])
         return Outcome("ok") if out is not None else Outcome("killed", task.exit_reason)
+
+    def _on_kernel_pgd(self) -> bool:
+        """CR3 selects the kernel half of the PGD pair (only meaningful with isolation)."""
+        return self.isolated and not self.k.cr3 & PTI_USER_PGTABLE_MASK
 
     # --- transitions ---------------------------------------------------------------------------
     def _syscall_path(self, task, work: int) -> _Path:
@@ -343,6 +342,12 @@ class EntryCode:
             fault = result[0]
             if fault.outcome == b.OUTCOME_GP:
                 k.exit(task, f"killed: #GP on non-canonical {va:#x}")
+                return None
+            if kind == "fetch" and fault.error_code & b.X86_PF_PROT and self._on_kernel_pgd():
+                # pti_set_user_pgtbl() put NX on the kernel copy of every user PGD entry:
+                # user code running on the kernel CR3 dies on its first instruction.
+                k.exit(task, f"killed: NX fault on the first user instruction (error code "
+                             f"{fault.error_code:#x}): user code ran on the kernel CR3")
                 return None
             if not self._page_fault_from_user(task, va, kind, fault.error_code):
                 if self.halted:

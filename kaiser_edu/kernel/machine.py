@@ -48,6 +48,8 @@ from kaiser_edu.kernel.mm import (
 from kaiser_edu.kernel.tlbstate import TLB_SINGLE_PAGE_FLUSH_CEILING, CpuTlbState, user_pcid
 
 DEFAULT_TLB = TLBConfig()
+_PAGE_PROTNONE = b.PAGE_GLOBAL  # Linux reuses G for PROT_NONE pages (P=0)
+_USER_PTE_MASK = b.PAGE_PRESENT | _PAGE_PROTNONE  # PTEs that own a user frame
 THREAD_SIZE = 4 * b.PAGE_SIZE  # 16 KiB kernel stacks (THREAD_SIZE_ORDER 2 with KASAN off)
 USER_TEXT = 0x40_0000
 USER_STACK_TOP = 0x7FFF_FFFF_F000
@@ -106,7 +108,9 @@ class Kernel:
             pcid = self.cpu.pcid and self.isolation.name != "kaiser"
         if pcid and not self.cpu.pcid:
             raise KaiserEduError(f"{self.cpu.name} has no PCID")
-        self.tlbstate = CpuTlbState(pcid=pcid, pti=self.isolation.uses_user_pcid,
+        # With a PGD pair and PCIDs, user space runs on its own PCID, whose flushes are
+        # deferred to the exit (KAISER with PCIDs, as in Hansen's series, and PTI).
+        self.tlbstate = CpuTlbState(pcid=pcid, pti=self.isolation.pgd_pair,
                                     invpcid=self.cpu.invpcid)
         self.events = EventLog()
         self.skip_tlb_flush = False  # "forget a flush" for the lessons' break-it exercises
@@ -274,12 +278,17 @@ class Kernel:
         for vma in parent.mm.vmas:
             child_mm.add_vma(Vma(vma.start, vma.end, vma.prot, vma.name))
         child_mm.start_brk, child_mm.brk = parent.mm.start_brk, parent.mm.brk
-        for va, entry in list(parent.mm.tables.iter_leaves(0, L.TASK_SIZE_MAX)):
+        pages = parent.mm.tables.iter_leaves(0, L.TASK_SIZE_MAX, _USER_PTE_MASK)
+        for va, entry in list(pages):
             new_pa = self.alloc.alloc()
             old_pa = entry.value & b.phys_addr_mask(52)
             self.mem.frame_array(new_pa >> 12)[:] = self.mem.frame_array(old_pa >> 12)
             flags = entry.value & ~b.phys_addr_mask(52) & ~(b.PAGE_ACCESSED | b.PAGE_DIRTY)
-            child_mm.tables.map(va, new_pa, b.PAGE_SIZE, flags)
+            if flags & b.PAGE_PRESENT:
+                child_mm.tables.map(va, new_pa, b.PAGE_SIZE, flags)
+            else:  # a PROT_NONE page: make the tables, then store the not-present PTE
+                child_mm.tables.map(va, new_pa, b.PAGE_SIZE, b.PAGE_USER)
+                child_mm.tables.set_entry(1, child_mm.tables.leaf(va).pa, new_pa | flags)
         child = self._new_task(parent.comm, child_mm)
         child.user_rip = parent.user_rip
         return child
@@ -315,32 +324,40 @@ class Kernel:
         self.flush_tlb_mm_range(task.mm, addr, end)
 
     def mprotect(self, task: Task, addr: int, length: int, prot: int) -> None:
-        """Change the permissions of [addr, addr+length): VMAs and present PTEs."""
+        """Change the permissions of [addr, addr+length): VMAs and the PTEs of pages that
+        exist. PROT_NONE keeps each page behind a not-present PTE marked _PAGE_PROTNONE
+        (the G bit, meaningless while P=0), so its data returns with the permissions."""
         end = addr + -(-length // b.PAGE_SIZE) * b.PAGE_SIZE
         self._split_vmas(task.mm, addr, end, prot)
-        for _va, entry in list(task.mm.tables.iter_leaves(addr, end)):
-            keep = entry.value & (b.phys_addr_mask(52) | b.PAGE_ACCESSED | b.PAGE_DIRTY)
-            self.mem.write_qword(entry.pa, keep | vm_page_prot(prot) if prot else 0)
-            if not prot:
-                self.alloc.free(entry.value & b.phys_addr_mask(52))
+        frame = b.phys_addr_mask(52)
+        for va in range(addr, end, b.PAGE_SIZE):
+            last = list(task.mm.tables.entries(va))[-1]
+            if last.level != 1 or not last.value & (b.PAGE_PRESENT | _PAGE_PROTNONE):
+                continue  # never touched: the fault handler will use the new rights
+            keep = last.value & (frame | b.PAGE_ACCESSED | b.PAGE_DIRTY)
+            flags = vm_page_prot(prot) if prot else _PAGE_PROTNONE
+            self.mem.write_qword(last.pa, keep | flags)
         self.flush_tlb_mm_range(task.mm, addr, end)
 
     def brk(self, task: Task, new_brk: int) -> int:
-        """Move the end of the heap; returns the new break (the old one if refused)."""
+        """sys_brk(): move the end of the heap; returns the new break, or the old one if the
+        request is refused (below start_brk, or growing into another mapping)."""
         mm = task.mm
+        old = mm.brk
         new_brk = -(-new_brk // b.PAGE_SIZE) * b.PAGE_SIZE
         if new_brk < mm.start_brk:
-            return mm.brk
-        # The heap is the VMA that ends at the break (mprotect() may have split it).
-        heap = next((v for v in mm.vmas if v.name == "[heap]" and v.end == mm.brk), None)
-        if heap is None and new_brk > mm.start_brk:
-            heap = mm.add_vma(Vma(mm.start_brk, new_brk, PROT_READ | PROT_WRITE, "[heap]"))
-        elif heap is not None and new_brk > heap.end:
-            if any(v is not heap and v.start < new_brk and heap.end < v.end for v in mm.vmas):
-                return mm.brk
-            heap.end = new_brk
-        elif heap is not None and new_brk < heap.end:
-            self.munmap(task, new_brk, heap.end - new_brk)
+            return old
+        if new_brk < old:
+            self.munmap(task, new_brk, old - new_brk)
+        elif new_brk > old:
+            if any(v.start < new_brk and old < v.end for v in mm.vmas):
+                return old
+            # do_brk_flags(): extend the heap VMA that ends at the break, else add one.
+            heap = next((v for v in mm.vmas if v.name == "[heap]" and v.end == old), None)
+            if heap is not None:
+                heap.end = new_brk
+            else:
+                mm.add_vma(Vma(old, new_brk, PROT_READ | PROT_WRITE, "[heap]"))
         mm.brk = new_brk
         return new_brk
 
@@ -362,7 +379,7 @@ class Kernel:
         mm.vmas = sorted(pieces, key=lambda v: v.start)
 
     def _drop_user_pages(self, mm: MmStruct, start: int, end: int) -> None:
-        for _va, entry in list(mm.tables.iter_leaves(start, end)):
+        for _va, entry in list(mm.tables.iter_leaves(start, end, _USER_PTE_MASK)):
             self.mem.write_qword(entry.pa, 0)
             self.alloc.free(entry.value & b.phys_addr_mask(52))
 

@@ -49,9 +49,12 @@ class Vma:
         return self.start <= va < self.end
 
     def allows(self, access: str) -> bool:
-        """access_error() in arch/x86/mm/fault.c, inverted."""
-        need = {"read": VM_READ, "write": VM_WRITE, "fetch": VM_EXEC}[access]
-        return bool(self.prot & need)
+        """access_error() in arch/x86/mm/fault.c, inverted: a write needs VM_WRITE, a fetch
+        VM_EXEC, and a read any access at all (vma_is_accessible(): x86 pages that can be
+        written or executed can also be read, there is no write-only PTE)."""
+        if access == "read":
+            return bool(self.prot & (VM_READ | VM_WRITE | VM_EXEC))
+        return bool(self.prot & {"write": VM_WRITE, "fetch": VM_EXEC}[access])
 
 
 class KernelPageTables(PageTables):
