@@ -33,13 +33,6 @@ DOUBLE = Check(
 )
 
 
-@pytest.fixture(autouse=True)
-def no_report(monkeypatch):
-    """Checks run here must not append to a report a surrounding `kaiser-edu check` set."""
-    monkeypatch.delenv(ck.REPORT_ENV, raising=False)
-    monkeypatch.delenv(ck.NBGRADER_ENV, raising=False)
-
-
 # --- the four outcomes -------------------------------------------------------------------
 
 

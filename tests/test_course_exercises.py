@@ -23,12 +23,6 @@ SOLUTIONS, EXERCISES = REPO / "solutions", REPO / "exercises"
 LAB01 = "lab01_addresses.ipynb"
 
 
-@pytest.fixture(autouse=True)
-def no_report(monkeypatch):
-    monkeypatch.delenv(ck.REPORT_ENV, raising=False)
-    monkeypatch.delenv(ck.NBGRADER_ENV, raising=False)
-
-
 def notebook(*cells) -> nbformat.NotebookNode:
     nb = new_notebook(cells=list(cells))
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
@@ -331,12 +325,8 @@ def test_cli_bad_input_exits_2(tmp_path, capsys, broken):
 
 
 def answers_of(path: Path) -> dict:
-    """Run the answer cells of a lab notebook; return the functions they define."""
-    namespace: dict = {}
-    for cell in ex.read_notebook(path).cells:
-        if cell.cell_type == "code" and md.is_answer(cell):
-            exec(compile(cell.source, f"{path.name}:{cell.id}", "exec"), namespace)
-    return namespace
+    """The functions the answer cells define."""
+    return ex.answer_namespace(path, setup=False)
 
 
 STUDENT_FUNCTION = {c.exercise: c.function for c in lab01.CHECKS}

@@ -34,19 +34,8 @@ PF_PROT, PF_WRITE, PF_USER, PF_RSVD, PF_INSTR = (b.X86_PF_PROT, b.X86_PF_WRITE, 
                                                  b.X86_PF_RSVD, b.X86_PF_INSTR)
 
 
-@pytest.fixture(autouse=True)
-def no_report(monkeypatch):
-    monkeypatch.delenv(ck.REPORT_ENV, raising=False)
-    monkeypatch.delenv(ck.NBGRADER_ENV, raising=False)
-
-
 def answers_of(path: Path) -> dict:
-    """Run the set-up cell and the answer cells of a lab notebook in a fresh namespace."""
-    namespace: dict = {}
-    for cell in ex.read_notebook(path).cells:
-        if cell.cell_type == "code" and (md.is_answer(cell) or cell.id == "setup"):
-            exec(compile(cell.source, f"{path.name}:{cell.id}", "exec"), namespace)
-    return namespace
+    return ex.answer_namespace(path)
 
 
 @pytest.fixture(scope="module")

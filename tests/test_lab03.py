@@ -25,19 +25,8 @@ EXERCISE = REPO / "exercises" / "lab03_tlb.ipynb"
 LESSON = REPO / "notebooks" / "03_tlb_and_pcid.ipynb"
 
 
-@pytest.fixture(autouse=True)
-def no_report(monkeypatch):
-    monkeypatch.delenv(ck.REPORT_ENV, raising=False)
-    monkeypatch.delenv(ck.NBGRADER_ENV, raising=False)
-
-
 def answers_of(path: Path) -> dict:
-    """Run the set-up and answer cells of a lab notebook; return what they define."""
-    namespace: dict = {}
-    for cell in ex.read_notebook(path).cells:
-        if cell.cell_type == "code" and (md.is_answer(cell) or cell.id == "setup"):
-            exec(compile(cell.source, f"{path.name}:{cell.id}", "exec"), namespace)
-    return namespace
+    return ex.answer_namespace(path)
 
 
 SOLVED = answers_of(SOLUTION)

@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import html
 import json
+import operator
 import os
 import random
 import re
@@ -194,6 +195,17 @@ def record(result: CheckResult) -> None:
 
 
 # --- comparing and describing ------------------------------------------------------------
+
+
+def as_int(value: Any) -> int | None:
+    """``value`` as a Python int if it is an integer of any kind (numpy too), else None
+    (bool is refused: True is not an address)."""
+    if isinstance(value, bool):
+        return None
+    try:
+        return operator.index(value)
+    except TypeError:
+        return None
 
 
 def equal(expected: Any, got: Any) -> bool:

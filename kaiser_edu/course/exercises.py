@@ -221,6 +221,17 @@ def build_all(solutions_dir: str | Path, exercises_dir: str | Path, execute: boo
 # --- are the committed exercises what the solutions generate? -----------------------------
 
 
+def answer_namespace(path: str | Path, setup: bool = True) -> dict:
+    """Run a lab notebook's answer cells (and its cell with id "setup", if ``setup``) in a
+    fresh namespace and return what they define: the student's (or the solution's)
+    functions, for tests and for lecturers checking a submission outside Jupyter."""
+    namespace: dict = {}
+    for cell in read_notebook(path).cells:
+        if cell.cell_type == "code" and (md.is_answer(cell) or (setup and cell.id == "setup")):
+            exec(compile(cell.source, f"{Path(path).name}:{cell.id}", "exec"), namespace)
+    return namespace
+
+
 def render(nb: NotebookNode) -> list[str]:
     """The parts of a notebook that sync compares, as lines for a diff."""
     lines = []

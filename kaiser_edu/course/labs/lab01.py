@@ -19,12 +19,11 @@ index the PML4: shift right by 39 and mask with 0x1ff".
 
 from __future__ import annotations
 
-import operator
 import random
 from collections.abc import Mapping
 from typing import Any
 
-from kaiser_edu.course.checks import Case, Check
+from kaiser_edu.course.checks import Case, Check, as_int
 from kaiser_edu.hw import address as hw
 
 U64 = (1 << 64) - 1
@@ -81,19 +80,9 @@ def _cases(rng: random.Random, expected: Any) -> list[Case]:
             for levels in (4, 5) for va, note in addresses(rng, levels)]
 
 
-def _int(value: Any) -> int | None:
-    """``value`` as a Python int if it is an integer of any kind (numpy too), else None."""
-    if isinstance(value, bool):
-        return None
-    try:
-        return operator.index(value)
-    except TypeError:
-        return None
-
-
 def _hex(value: Any) -> str:
-    as_int = _int(value)
-    return hex(as_int) if as_int is not None else repr(value)
+    number = as_int(value)
+    return hex(number) if number is not None else repr(value)
 
 
 def _la57_note(va: int, levels: int) -> str:
@@ -125,7 +114,7 @@ def _split_hint(case: Case, got: Any) -> str:
         return (f"The keys must be exactly {keys} (missing: {missing or 'none'}, "
                 f"unexpected: {extra or 'none'}).")
     for key, want in expected.items():
-        value = _int(got[key])
+        value = as_int(got[key])
         if value == want:
             continue
         high, low = FIELD_BITS[key]
@@ -161,7 +150,7 @@ def _canonical_hint(case: Case, got: Any) -> str:
     bits = f"bits 63:{n - 1}"
     rule = (f"With {levels} levels: top = va >> {n - 1}; canonical if top == 0 or "
             f"top == {ones:#x}.")
-    if not isinstance(got, bool) and _int(got) is None:
+    if not isinstance(got, bool) and as_int(got) is None:
         return f"Return True or False. {rule}"
     if case.expected and top:
         return (f"Canonical addresses come in two halves: {bits} all 0 (the lower half) or "
@@ -230,7 +219,7 @@ def _canonicalize_hint(case: Case, got: Any) -> str:
     va, levels = case.args[0], case.kwargs["levels"]
     n = hw.va_bits(levels)
     low, high = (1 << n) - 1, U64 & ~((1 << n) - 1)
-    value = _int(got)
+    value = as_int(got)
     if value is None:
         return "Return an int (the canonical address)."
     if value < 0:

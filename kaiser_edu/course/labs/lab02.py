@@ -34,13 +34,12 @@ user-mode access: the PDE at 0x1e2a3008 has U/S=0".
 
 from __future__ import annotations
 
-import operator
 import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from kaiser_edu.course.checks import Case, Check, CheckResult
+from kaiser_edu.course.checks import Case, Check, CheckResult, as_int
 from kaiser_edu.errors import MappingError
 from kaiser_edu.hw import bits as b
 from kaiser_edu.hw.address import canonicalize, is_canonical, table_index
@@ -66,16 +65,6 @@ PF_BITS = (
 # --- what the student's walk reads ----------------------------------------------------------
 
 
-def _as_int(value: Any) -> int | None:
-    """``value`` as a Python int if it is an integer of any kind (numpy too), else None."""
-    if isinstance(value, bool):
-        return None
-    try:
-        return operator.index(value)
-    except TypeError:
-        return None
-
-
 class PhysicalMemory:
     """Physical memory as the student's walk sees it: ``read_qword(pa)`` returns the 8-byte
     value at physical address ``pa`` (0 where nothing was ever written, as in a zeroed page
@@ -86,7 +75,7 @@ class PhysicalMemory:
         self.reads: list[int] = []
 
     def __call__(self, pa: Any) -> int:
-        value = _as_int(pa)
+        value = as_int(pa)
         if value is None:
             raise TypeError(f"read_qword needs an integer physical address, got {pa!r} "
                             f"(a {type(pa).__name__})")
@@ -436,11 +425,11 @@ class PathCheck(Check):
 
 
 def _hex(value: Any) -> str:
-    as_int = _as_int(value)
-    if as_int is not None:
-        return hex(as_int)
-    if isinstance(value, tuple | list) and all(_as_int(v) is not None for v in value):
-        inner = ", ".join(hex(_as_int(v)) for v in value)
+    number = as_int(value)
+    if number is not None:
+        return hex(number)
+    if isinstance(value, tuple | list) and all(as_int(v) is not None for v in value):
+        inner = ", ".join(hex(as_int(v)) for v in value)
         return f"({inner})" if isinstance(value, tuple) else f"[{inner}]"
     return repr(value)
 
@@ -648,7 +637,7 @@ def _decode_same(expected: dict, got: Any) -> bool:
         if key not in got:
             return False
         if key == "address":
-            if _as_int(got[key]) != want:
+            if as_int(got[key]) != want:
                 return False
         elif bool(got[key]) != want:
             return False
@@ -697,7 +686,7 @@ def _decode_hint(case: Case, got: Any) -> str:
             return (f"PS (bit 7) is 1 in this {name}: it maps a {size} page itself, so it is "
                     "a leaf and the walk ends here.")
         return f"PS (bit 7) is 0 in this {name}: it points to the next table, it is not a leaf."
-    got_addr = _as_int(got["address"])
+    got_addr = as_int(got["address"])
     if got_addr is None:
         return "'address' must be an int (the physical address of the next table or frame)."
     want_addr = want["address"]
@@ -765,7 +754,7 @@ def _walk_same(expected: list, got: Any) -> bool:
     for (want_pa, want_value), item in zip(expected, got):
         if not isinstance(item, list | tuple) or len(item) != 2:
             return False
-        if (_as_int(item[0]), _as_int(item[1])) != (want_pa, want_value):
+        if (as_int(item[0]), as_int(item[1])) != (want_pa, want_value):
             return False
     return True
 
@@ -808,7 +797,7 @@ def _walk_hint(case: Case, got: Any) -> str:
             return (f"PS (bit 7) is 1 in {_where(last)}: it maps a "
                     f"{b.size_name(1 << b.level_shift(last.level))} page and the walk ends "
                     "there. Only a PDPTE or PDE can have PS=1; bit 7 of a PTE is PAT.")
-        got_pa, got_value = _as_int(item[0]), _as_int(item[1])
+        got_pa, got_value = as_int(item[0]), as_int(item[1])
         want_pa, want_value = want[i]
         level = steps[i].level
         if got_pa == want_value and got_value == want_pa:
@@ -1047,7 +1036,7 @@ def _outcome_norm(value: Any) -> tuple | None:
     """A student's answer as a tuple of str and ints, or None if it has the wrong shape."""
     if not isinstance(value, tuple | list) or not value or not isinstance(value[0], str):
         return None
-    rest = tuple(_as_int(v) for v in value[1:])
+    rest = tuple(as_int(v) for v in value[1:])
     if any(v is None for v in rest):
         return None
     return (value[0], *rest)
