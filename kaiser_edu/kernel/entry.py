@@ -112,13 +112,38 @@ class EntryCode:
         for slot in range(1, 5):
             path.add(label, "write", task.stack_top - 8 * slot, cpl=0)
 
-    def _exit_to_user(self, path: _Path, task, stub: str, cr3: int) -> None:
+    def _syscall_entry(self, path: _Path, cr3: int, task=None) -> int:
+        """entry_SYSCALL_64 up to the kernel stack: fetch the entry text and spill the user
+        RSP into TSS.sp2 (still on the user CR3), switch CR3, then (with ``task``) push
+        pt_regs. Returns the CR3 now loaded."""
+        k = self.k
+        path.add("entry", "fetch", k.image.symbol("entry_SYSCALL_64"), cpl=0)
+        path.add("entry", "write", k.image.percpu("cpu_tss_rw") + 0x14, cpl=0)  # TSS.sp2
+        cr3 = self._switch_to_kernel_cr3(path, cr3)
+        if task is not None:
+            self._push_pt_regs(path, task, "entry")
+        return cr3
+
+    def _hw_entry(self, path: _Path, vector: int, stack: str, stub: str) -> None:
+        """What the CPU does for an interrupt or exception from user mode: read the IDT
+        gate, push the frame on the stack the TSS names (the cpu_entry_area entry stack, or
+        an IST stack), and fetch the entry stub."""
+        k = self.k
+        path.add("hw", "read", k.cea("IDT (read-only)") + vector * 16, cpl=0)
+        path.add("hw", "write", k.cea(stack) + 0xFF8, cpl=0)
+        path.add("entry", "fetch", k.image.symbol(stub), cpl=0)
+
+    def _exit_to_user(self, path: _Path, task, stub: str, cr3: int,
+                      run_user: bool = True) -> None:
+        """Pop the registers, leave through the entry (trampoline) stack, switch CR3 back,
+        and (with ``run_user``) fetch the first user instruction."""
         k = self.k
         path.add("exit", "read", task.stack_top - 8, cpl=0)  # pop the saved registers
         path.add("exit", "fetch", k.image.symbol(stub), cpl=0)
         path.add("exit", "write", k.cea("entry stack") + 0xF00, cpl=0)  # trampoline stack
         self._switch_to_user_cr3(path, cr3)
-        path.add("user", "fetch", task.user_rip, cpl=3)  # the first user instruction
+        if run_user:
+            path.add("user", "fetch", task.user_rip, cpl=3)  # the first user instruction
 
     # --- running a path ----------------------------------------------------------------------
     def _run(self, kind: str, path: _Path, task, first_cpl: int = 3) -> Outcome:
@@ -199,11 +224,7 @@ class EntryCode:
     def _syscall_path(self, task, work: int) -> _Path:
         k = self.k
         path = _Path()
-        cr3 = k.cr3
-        path.add("entry", "fetch", k.image.symbol("entry_SYSCALL_64"), cpl=0)
-        path.add("entry", "write", k.image.percpu("cpu_tss_rw") + 0x14, cpl=0)  # TSS.sp2
-        cr3 = self._switch_to_kernel_cr3(path, cr3)
-        self._push_pt_regs(path, task, "entry")
+        cr3 = self._syscall_entry(path, k.cr3, task)
         self._kernel_work(path, task, "do_syscall_64", work)
         self._exit_to_user(path, task, "syscall_return_via_sysret", cr3)
         return path
@@ -241,19 +262,14 @@ class EntryCode:
         path = _Path()
         cr3 = k.cr3
         if from_kernel:  # enter the kernel by a syscall first; the IRQ hits in the middle
-            path.add("entry", "fetch", k.image.symbol("entry_SYSCALL_64"), cpl=0)
-            path.add("entry", "write", k.image.percpu("cpu_tss_rw") + 0x14, cpl=0)
-            cr3 = self._switch_to_kernel_cr3(path, cr3)
-            self._push_pt_regs(path, task, "entry")
+            cr3 = self._syscall_entry(path, cr3, task)
             path.add("irq", "read", k.cea("IDT (read-only)") + 0x20 * 16, cpl=0)
             path.add("irq", "write", task.stack_top - 0x400, cpl=0)  # same stack
             path.add("irq", "fetch", k.image.symbol("asm_common_interrupt"), cpl=0)
             self._kernel_work(path, task, "common_interrupt", work)
             self._exit_to_user(path, task, "syscall_return_via_sysret", cr3)
         else:
-            path.add("hw", "read", k.cea("IDT (read-only)") + 0x20 * 16, cpl=0)
-            path.add("hw", "write", k.cea("entry stack") + 0xFF8, cpl=0)  # TSS.sp0
-            path.add("entry", "fetch", k.image.symbol("asm_common_interrupt"), cpl=0)
+            self._hw_entry(path, 0x20, "entry stack", "asm_common_interrupt")  # TSS.sp0
             cr3 = self._switch_to_kernel_cr3(path, cr3)
             self._push_pt_regs(path, task, "entry")
             self._kernel_work(path, task, "common_interrupt", work)
@@ -266,12 +282,8 @@ class EntryCode:
         path = _Path()
         cr3 = k.cr3
         if from_kernel:
-            path.add("entry", "fetch", k.image.symbol("entry_SYSCALL_64"), cpl=0)
-            path.add("entry", "write", k.image.percpu("cpu_tss_rw") + 0x14, cpl=0)
-            cr3 = self._switch_to_kernel_cr3(path, cr3)
-        path.add("hw", "read", k.cea("IDT (read-only)") + 2 * 16, cpl=0)
-        path.add("hw", "write", k.cea("NMI stack") + 0xFF8, cpl=0)  # IST: always switches
-        path.add("entry", "fetch", k.image.symbol("asm_exc_nmi"), cpl=0)
+            cr3 = self._syscall_entry(path, cr3)
+        self._hw_entry(path, 2, "NMI stack", "asm_exc_nmi")  # IST: always switches stacks
         saved = cr3
         if self.isolated and saved & PTI_USER_PGTABLE_MASK:  # SAVE_AND_SWITCH_TO_KERNEL_CR3
             cr3 = self._switch_to_kernel_cr3(path, saved)
@@ -298,9 +310,7 @@ class EntryCode:
         prev = k.current
         if prev is not None and prev.alive and self.halted == "":
             path = _Path()
-            path.add("hw", "read", k.cea("IDT (read-only)") + 0x20 * 16, cpl=0)
-            path.add("hw", "write", k.cea("entry stack") + 0xFF8, cpl=0)
-            path.add("entry", "fetch", k.image.symbol("asm_common_interrupt"), cpl=0)
+            self._hw_entry(path, 0x20, "entry stack", "asm_common_interrupt")
             self._switch_to_kernel_cr3(path, k.cr3)
             self._push_pt_regs(path, prev, "entry")
             out = self._run("interrupt", path, prev)
@@ -360,9 +370,7 @@ class EntryCode:
         k = self.k
         path = _Path()
         cr3 = before = k.cr3
-        path.add("hw", "read", k.cea("IDT (read-only)") + 14 * 16, cpl=0)
-        path.add("hw", "write", k.cea("entry stack") + 0xFF8, cpl=0)
-        path.add("entry", "fetch", k.image.symbol("asm_exc_page_fault"), cpl=0)
+        self._hw_entry(path, 14, "entry stack", "asm_exc_page_fault")
         cr3 = self._switch_to_kernel_cr3(path, cr3)
         self._push_pt_regs(path, task, "entry")
         path.add("kernel", "fetch", k.image.symbol("exc_page_fault"), cpl=0)
@@ -375,11 +383,8 @@ class EntryCode:
                          f"({b.describe_error_code(error_code)})")
             return False
         path = _Path()
-        path.add("exit", "read", task.stack_top - 8, cpl=0)
-        path.add("exit", "fetch", k.image.symbol("swapgs_restore_regs_and_return_to_usermode"),
-                 cpl=0)
-        path.add("exit", "write", k.cea("entry stack") + 0xF00, cpl=0)
-        self._switch_to_user_cr3(path, k.cr3)
+        self._exit_to_user(path, task, "swapgs_restore_regs_and_return_to_usermode", k.cr3,
+                           run_user=False)
         cr3_before = k.cr3
         trace = path.ops.build()
         result = k.mmu.run(trace, stop_on_fault=True)

@@ -27,16 +27,19 @@ from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 from kaiser_edu.errors import KaiserEduError
+from kaiser_edu.hw.bits import X86_CR3_PCID_MASK, X86_CR3_PCID_NOFLUSH
+from kaiser_edu.kernel.tlbstate import (
+    PTI_USER_PCID_MASK,
+    PTI_USER_PGTABLE_BIT,
+    PTI_USER_PGTABLE_MASK,
+    X86_CR3_PTI_PCID_USER_BIT,
+)
 
 # CR3 layout with CR4.PCIDE=1 and PTI (calling.h; later asm/processor-flags.h, tlbflush.h).
-CR3_PCID_MASK = 0xFFF  # bits 11:0: the PCID
+CR3_PCID_MASK = X86_CR3_PCID_MASK  # bits 11:0: the PCID
 CR3_ADDR_MASK = 0x7FFF_FFFF_FFFF_F000  # bits 62:12: physical address of the PGD
-PTI_USER_PGTABLE_BIT = 12  # PAGE_SHIFT: the user PGD is the second 4 KiB of the pair
-PTI_USER_PGTABLE_MASK = 1 << PTI_USER_PGTABLE_BIT
-PTI_USER_PCID_BIT = 11  # X86_CR3_PTI_PCID_USER_BIT: uPCID = kPCID | 2048
-PTI_USER_PCID_MASK = 1 << PTI_USER_PCID_BIT
+PTI_USER_PCID_BIT = X86_CR3_PTI_PCID_USER_BIT  # uPCID = kPCID | 2048
 X86_CR3_PCID_NOFLUSH_BIT = 63
-X86_CR3_PCID_NOFLUSH = 1 << X86_CR3_PCID_NOFLUSH_BIT
 
 # The kinds the simulated kernel records. Others are accepted (lowercase identifiers), so a
 # new transition needs no change here; these are the ones the timeline knows how to draw.

@@ -329,14 +329,11 @@ class Kernel:
         (the G bit, meaningless while P=0), so its data returns with the permissions."""
         end = addr + -(-length // b.PAGE_SIZE) * b.PAGE_SIZE
         self._split_vmas(task.mm, addr, end, prot)
-        frame = b.phys_addr_mask(52)
-        for va in range(addr, end, b.PAGE_SIZE):
-            last = list(task.mm.tables.entries(va))[-1]
-            if last.level != 1 or not last.value & (b.PAGE_PRESENT | _PAGE_PROTNONE):
-                continue  # never touched: the fault handler will use the new rights
-            keep = last.value & (frame | b.PAGE_ACCESSED | b.PAGE_DIRTY)
-            flags = vm_page_prot(prot) if prot else _PAGE_PROTNONE
-            self.mem.write_qword(last.pa, keep | flags)
+        keep_bits = b.phys_addr_mask(52) | b.PAGE_ACCESSED | b.PAGE_DIRTY
+        flags = vm_page_prot(prot) if prot else _PAGE_PROTNONE
+        # Pages never touched have no PTE: the fault handler will use the new rights.
+        for _va, pte in list(task.mm.tables.iter_leaves(addr, end, _USER_PTE_MASK)):
+            self.mem.write_qword(pte.pa, (pte.value & keep_bits) | flags)
         self.flush_tlb_mm_range(task.mm, addr, end)
 
     def brk(self, task: Task, new_brk: int) -> int:
