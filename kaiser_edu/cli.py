@@ -1,8 +1,9 @@
 """The ``kaiser-edu`` command: one entry point, one module per subcommand.
 
 Each subcommand lives with the code it drives and provides two functions:
-``add_arguments(parser)`` and ``run(args) -> int`` (the exit status). Modules are imported
-only when their subcommand runs, so ``kaiser-edu --help`` stays instant.
+``add_arguments(parser)`` and ``run(args) -> int`` (the exit status). Building the parser
+imports every subcommand module, so those modules keep heavy imports (numba, notebooks)
+inside ``run`` and ``kaiser-edu --help`` stays quick.
 """
 
 from __future__ import annotations

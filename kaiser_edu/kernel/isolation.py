@@ -43,7 +43,6 @@ class Isolation:
 
     name = "off"
     pgd_pair = False  # order-1 PGD with the user copy in the upper 4 KiB
-    uses_user_pcid = False
 
     def __init__(self) -> None:
         self.kernel: Kernel | None = None
@@ -206,7 +205,6 @@ class LinuxPTI(_ShadowPgd):
     """Page table isolation as merged (arch/x86/mm/pti.c)."""
 
     name = "pti"
-    uses_user_pcid = True
 
     def __init__(self, clone_entry_text: bool = True, kernel_text_global: bool = False) -> None:
         super().__init__()
