@@ -157,6 +157,8 @@ class ProcModel:
     pages: dict[int, int] = field(default_factory=dict)  # page va -> PROT_*
     mem: dict[int, int] = field(default_factory=dict)  # va -> last value stored
     brk: int = START_BRK
+    ldt: dict[int, int] | None = None  # modify_ldt(): entry -> descriptor (None: no LDT)
+    ldt_entries: int = 0
 
     @classmethod
     def fresh(cls) -> ProcModel:
@@ -381,6 +383,23 @@ class Driver:
             if va in p.model.pages:
                 p.model.pages[va] = PROTS[prot]
 
+    def op_ldt(self, i: int, entry: int, desc: int, load: int) -> None:
+        """modify_ldt() of one descriptor, then a user-mode load of selector ``load``: the
+        descriptor written last, 0 for an unwritten one inside the LDT, #GP beyond it."""
+        p = self.proc(i)
+        if not self.schedule(p):
+            return
+        self.k.modify_ldt(p.task, entry, desc)
+        model = p.model
+        model.ldt = {**(model.ldt or {}), entry: desc}
+        model.ldt_entries = max(model.ldt_entries, entry + 1)
+        got = self.k.load_ldt_descriptor(p.task, load)
+        self.observations.append(("ldt", entry, load, got))
+        want = model.ldt.get(load, 0) if load < model.ldt_entries else None
+        self.expect(got == want, f"LDT selector {load} read {got}, Linux gives {want}")
+        if got is None:
+            self.died(p)
+
     def op_brk(self, i: int, delta: int) -> None:
         p = self.proc(i)
         got = self.k.brk(p.task, p.model.brk + delta * PAGE)
@@ -415,6 +434,8 @@ def op_lists(min_size: int = 15, max_size: int = 50):
         st.tuples(st.just("munmap"), proc, region, page, pages),
         st.tuples(st.just("mprotect"), proc, region, page, pages, prot),
         st.tuples(st.just("brk"), proc, st.integers(-8, 8)),
+        st.tuples(st.just("ldt"), proc, st.sampled_from([0, 1, 5, 511, 512]), value,
+                  st.sampled_from([0, 1, 5, 512, 600])),
         st.tuples(st.just("fork"), proc),
         st.tuples(st.just("exec"), proc),
         st.tuples(st.just("spawn")),

@@ -9,7 +9,9 @@
 * :class:`LinuxPTI`: page table isolation as merged for Linux 4.15 (arch/x86/mm/pti.c): the
   same pair, ``pti_set_user_pgtbl()``, and a fixed set of clones made once at boot (the
   cpu_entry_area and espfix P4D slots, the entry text at PMD granularity, each CPU's TSS
-  page); kernel mappings non-global except what both tables share; kernel and user PCIDs.
+  page, the vsyscall page in ``vsyscall=emulate`` mode); kernel mappings non-global except
+  what both tables share; kernel and user PCIDs. Each process's LDT is remapped into its
+  own PGD pair when it installs one (kernel/ldt.py).
 
 Each mode answers the same questions for :class:`~kaiser_edu.kernel.machine.Kernel`: how to
 write a top-level entry (``set_pgd``), what to clone at boot, whether kernel mappings may be
@@ -24,6 +26,7 @@ from kaiser_edu.errors import KaiserEduError
 from kaiser_edu.hw import bits as b
 from kaiser_edu.hw.address import table_index
 from kaiser_edu.kernel import layout as L
+from kaiser_edu.kernel.vsyscall import set_vsyscall_pgtable_user_bits
 
 if TYPE_CHECKING:
     from kaiser_edu.kernel.machine import Kernel, Task
@@ -129,6 +132,22 @@ class _ShadowPgd(Isolation):
         table = self._user_table(va, 1)
         self.kernel.mem.write_qword(table | table_index(va, 1) << 3, pa | flags)
 
+    def _setup_vsyscall(self) -> None:
+        """pti_setup_vsyscall(): copy the vsyscall PTE into the shadow and set the user bits
+        on the shadow's path to it, so legacy user code can still read the page."""
+        k = self.kernel
+        if k.vsyscall != "emulate":
+            return
+        pte = k.kernel_tables.leaf(L.VSYSCALL_ADDR).value
+        self._map_user_pte(L.VSYSCALL_ADDR, pte & b.phys_addr_mask(52),
+                           pte & ~b.phys_addr_mask(52))
+        set_vsyscall_pgtable_user_bits(k.mem, kernel_to_user_pgdp(k.init_mm.pgd))
+
+    def _vsyscall_allowed(self) -> list[tuple[int, int, str]]:
+        if self.kernel.vsyscall != "emulate":
+            return []
+        return [(L.VSYSCALL_ADDR, L.VSYSCALL_ADDR + b.PAGE_SIZE, "vsyscall")]
+
 
 class Kaiser2017(_ShadowPgd):
     """KAISER as posted in 2017: a shadow PGD filled with ``kaiser_add_mapping()``."""
@@ -158,6 +177,7 @@ class Kaiser2017(_ShadowPgd):
         if self.map_entry_text:
             start, end = k.image.entry_text
             self.kaiser_add_mapping(start, end - start, b.PAGE_KERNEL_RX, "entry text")
+        self._setup_vsyscall()  # kaiser_add_user_map_early() of the 4.4/4.9 backports
 
     def kaiser_add_mapping(self, addr: int, size: int, flags: int, name: str = "") -> None:
         """Map kernel range [addr, addr+size) into the shadow with 4 KiB PTEs pointing at the
@@ -189,7 +209,7 @@ class Kaiser2017(_ShadowPgd):
         k.flush_tlb_all()
 
     def shadow_allowed(self) -> list[tuple[int, int, str]]:
-        return list(self.mapped)
+        return list(self.mapped) + self._vsyscall_allowed()
 
     def on_new_task(self, task: Task) -> None:
         if self.map_kernel_stacks:
@@ -224,6 +244,7 @@ class LinuxPTI(_ShadowPgd):
             self._clone_pmds(start, end)  # pti_clone_entry_text(): PTI_CLONE_PMD
         if self.kernel_text_global:
             self._clone_pmds(k.image.text, k.image.data)  # pti_clone_kernel_text()
+        self._setup_vsyscall()
 
     def _clone_pmds(self, start: int, end: int) -> None:
         """pti_clone_pgtable(start, end, PTI_CLONE_PMD): copy each kernel PMD entry covering
@@ -252,7 +273,7 @@ class LinuxPTI(_ShadowPgd):
         allowed.append((pmd_start, -(-end // b.PMD_SIZE) * b.PMD_SIZE, "entry text (PMD)"))
         if self.kernel_text_global:
             allowed.append((k.image.text, k.image.data, "kernel text + rodata"))
-        return allowed
+        return allowed + self._vsyscall_allowed()
 
 
 def make_isolation(name: str, **options) -> Isolation:

@@ -36,6 +36,7 @@ from kaiser_edu.kernel.entry import KERNEL_WORK, EntryCode, Outcome
 from kaiser_edu.kernel.events import Event, EventLog
 from kaiser_edu.kernel.image import SECRET_TEXT, KernelImage
 from kaiser_edu.kernel.isolation import Isolation, make_isolation
+from kaiser_edu.kernel.ldt import free_ldt_pgtables, ldt_base, ldt_dup_context, write_ldt
 from kaiser_edu.kernel.mm import (
     PROT_EXEC,
     PROT_READ,
@@ -46,6 +47,7 @@ from kaiser_edu.kernel.mm import (
     vm_page_prot,
 )
 from kaiser_edu.kernel.tlbstate import TLB_SINGLE_PAGE_FLUSH_CEILING, CpuTlbState, user_pcid
+from kaiser_edu.kernel.vsyscall import check_vsyscall_mode, map_vsyscall
 
 DEFAULT_TLB = TLBConfig()
 _PAGE_PROTNONE = b.PAGE_GLOBAL  # Linux reuses G for PROT_NONE pages (P=0)
@@ -91,8 +93,10 @@ class Kernel:
         ram_bytes: int = 2 << 30,
         pcid: bool | None = None,
         tlb: TLBConfig | None = DEFAULT_TLB,
+        vsyscall: str = "xonly",
     ):
         self.cpu = cpu_model(cpu)
+        self.vsyscall = check_vsyscall_mode(vsyscall)
         pti_on, self.pti_message = pti_decision(cmdline, self.cpu)
         if isolation is None:
             isolation = "pti" if pti_on else "off"
@@ -124,6 +128,7 @@ class Kernel:
         self._map_image()
         self._map_cpu_entry_area()
         self._map_espfix()
+        map_vsyscall(self)
         self._preallocate_vmalloc_pages()
         self.isolation.boot()
         regs = Registers.long_mode(
@@ -289,6 +294,7 @@ class Kernel:
             else:  # a PROT_NONE page: make the tables, then store the not-present PTE
                 child_mm.tables.map(va, new_pa, b.PAGE_SIZE, b.PAGE_USER)
                 child_mm.tables.set_entry(1, child_mm.tables.leaf(va).pa, new_pa | flags)
+        ldt_dup_context(self, parent.mm, child_mm)
         child = self._new_task(parent.comm, child_mm)
         child.user_rip = parent.user_rip
         return child
@@ -296,6 +302,7 @@ class Kernel:
     def execve(self, task: Task, comm: str) -> None:
         """Replace the address space with a fresh program's (the old one is dropped)."""
         self._drop_user_pages(task.mm, 0, L.TASK_SIZE_MAX)
+        free_ldt_pgtables(self, task.mm)
         task.mm.vmas.clear()
         self.exec_mm(task.mm)
         task.comm, task.user_rip = comm, USER_TEXT
@@ -357,6 +364,30 @@ class Kernel:
                 mm.add_vma(Vma(old, new_brk, PROT_READ | PROT_WRITE, "[heap]"))
         mm.brk = new_brk
         return new_brk
+
+    def modify_ldt(self, task: Task, entry_number: int, desc: int) -> None:
+        """modify_ldt(0x11, ...): set one descriptor of the process's LDT (kernel/ldt.py:
+        under PTI the new LDT is remapped into the process's own PGD pair)."""
+        write_ldt(self, task.mm, entry_number, desc)
+
+    def load_ldt_descriptor(self, task: Task, index: int) -> int | None:
+        """User code loads an LDT selector (``mov %ax, %ds`` with TI=1): the CPU reads the
+        descriptor, an *implicit supervisor-mode access* made in user mode (SDM 4.6.1) under
+        the current CR3, which is why PTI must map the LDT in the user tables. Returns the
+        descriptor, or None if the task was killed (#GP beyond the LDT's limit: SIGSEGV)."""
+        if task is not self.current or not task.alive:
+            raise KaiserEduError(f"pid {task.pid} is not the running task")
+        base = ldt_base(self, task.mm)
+        if base is None or not 0 <= index < task.mm.ldt.nr_entries:
+            self.exit(task, f"killed: #GP loading LDT selector {index} (beyond the LDT)")
+            return None
+        va = base + 8 * index
+        result = self.run_ops(TraceBuilder().read(va, cpl=0))
+        if not result[0].ok:
+            self.exit(task, f"killed: {result[0]} reading its LDT descriptor at {va:#x}: "
+                            "the LDT is not mapped in the tables user mode runs on")
+            return None
+        return self.mem.read_qword(result[0].pa)
 
     def _split_vmas(self, mm: MmStruct, start: int, end: int, prot: int | None) -> None:
         """Cut [start, end) out of the VMAs; re-add it with ``prot`` unless None."""

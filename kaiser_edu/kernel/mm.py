@@ -11,11 +11,15 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from kaiser_edu.errors import KaiserEduError
 from kaiser_edu.hw import bits as b
 from kaiser_edu.hw.pgtable import PageTables
 from kaiser_edu.hw.physmem import FrameAllocator, PhysMem
+
+if TYPE_CHECKING:
+    from kaiser_edu.kernel.ldt import LdtStruct
 
 # VMA permission bits (include/linux/mm.h VM_READ/VM_WRITE/VM_EXEC) and PROT_* values.
 VM_READ, VM_WRITE, VM_EXEC = 1, 2, 4
@@ -86,6 +90,7 @@ class MmStruct:
     mmap_base: int = 0x7F00_0000_0000
     ctx_id: int = field(default_factory=lambda: next(_ctx_ids))
     tlb_gen: int = 1
+    ldt: LdtStruct | None = None  # modify_ldt(2)'s descriptors (kernel/ldt.py)
 
     @property
     def user_pgd(self) -> int | None:
