@@ -45,23 +45,36 @@ def cpu_model(name: str | CpuModel) -> CpuModel:
 def pti_decision(cmdline: str, cpu: CpuModel) -> tuple[bool, str]:
     """Whether the kernel turns PTI on, and what it prints, for a boot command line.
 
-    Mirrors pti_check_boottime_disable(): ``pti=on`` forces it on, ``pti=off`` and ``nopti``
-    force it off, ``pti=auto`` (the default) enables it only on a Meltdown-affected CPU.
+    Mirrors pti_check_boottime_disable() as of Linux 6.6 (arch/x86/mm/pti.c): ``pti=on``
+    forces PTI on, ``pti=off`` and ``nopti`` force it off, ``pti=auto`` (the default) enables
+    it only on a Meltdown-affected CPU; ``mitigations=off`` turns it off unless ``pti=`` was
+    given ("pti= takes priority over nopti and mitigations=off"); of ``pti=`` and ``nopti``
+    the later word wins, as each early_param() handler overwrites pti_mode. The message is
+    what the kernel log shows, one line per pr_info(), "" when Linux prints nothing:
+    pti_print_if_insecure() prints only on an affected CPU, pti_print_if_secure() only on
+    an unaffected one, and pti_init() prints "enabled".
     """
-    mode = "auto"
+    mode, explicit, mitigations_off = "auto", False, False
     for word in cmdline.split():
-        if word in ("nopti", "mitigations=off"):  # cpu_mitigations_off() forces it off too
+        if word == "nopti":
             mode = "off"
+        elif word == "mitigations=off":
+            mitigations_off = True
         elif word.startswith("pti="):
-            mode = word[4:]
+            mode, explicit = word[4:], True
             if mode not in ("on", "off", "auto"):
                 raise KaiserEduError(f"pti= must be on, off or auto (got {mode!r}: -EINVAL)")
-    if mode == "off":
-        msg = "disabled on command line." if cpu.meltdown else "disabled."
-        return False, PTI_PREFIX + msg
+    lines = []
     if mode == "on":
-        msg = "enabled" if cpu.meltdown else "force enabled on command line."
-        return True, PTI_PREFIX + msg
-    if not cpu.meltdown:
-        return False, PTI_PREFIX + "not enabled: CPU not affected by Meltdown"
-    return True, PTI_PREFIX + "enabled"
+        if not cpu.meltdown:
+            lines.append("force enabled on command line.")
+        on = True
+    elif mode == "off" or (mitigations_off and not explicit):
+        if cpu.meltdown:
+            lines.append("disabled on command line.")
+        on = False
+    else:
+        on = cpu.meltdown
+    if on:
+        lines.append("enabled")  # pti_init()
+    return on, "\n".join(PTI_PREFIX + line for line in lines)
