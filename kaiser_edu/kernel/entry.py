@@ -24,6 +24,7 @@ makes the first user instruction fault on the NX bit of the kernel copy of the u
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -70,12 +71,21 @@ class EntryCode:
     """The entry/exit paths of one :class:`~kaiser_edu.kernel.machine.Kernel`.
 
     ``skip_switch_to_user_cr3`` reproduces a missed CR3 switch on the way out.
+    ``on_path``, if set, is called with the labels of each path (one label per MMU
+    operation, in order) just before the path runs: the hook through which
+    :mod:`kaiser_edu.kernel.walkthrough` names every operation it single-steps. It observes
+    only; the paths are the same with or without it.
     """
 
     def __init__(self, kernel):
         self.k = kernel
         self.skip_switch_to_user_cr3 = False
         self.halted = ""
+        self.on_path: Callable[[list[str]], None] | None = None
+
+    def _announce(self, labels: list[str]) -> None:
+        if self.on_path is not None:
+            self.on_path(list(labels))
 
     # --- building blocks -------------------------------------------------------------------
     @property
@@ -154,6 +164,7 @@ class EntryCode:
             raise MachineReset(f"the machine is halted: {self.halted}")
         k = self.k
         trace = path.ops.build()
+        self._announce(path.labels)
         n = len(path.labels)
         split = next((i for i, lab in enumerate(path.labels) if lab in ("exit", "RESTORE_CR3")), n)
         names = (kind if kind == "context_switch" else f"{kind}_entry", f"{kind}_exit")
@@ -192,6 +203,7 @@ class EntryCode:
                 path.add("ist", "write", k.cea(stack) + 0xF00, cpl=0)
             path.add("handler", "fetch", k.image.symbol(handler), cpl=0)
             cr3 = k.cr3
+            self._announce(path.labels)
             result = k.run_ops(path.ops)
             if result[result.n_done - 1].ok:
                 # The handler runs: a kernel-mode fault it cannot fix is an oops.
@@ -232,6 +244,30 @@ class EntryCode:
     def syscall(self, task, work: int = KERNEL_WORK) -> Outcome:
         """One system call round trip from user mode."""
         return self._run("syscall", self._syscall_path(task, work), task)
+
+    def syscall_with(self, task, handler: Callable[[], object],
+                     work: int = KERNEL_WORK) -> Outcome:
+        """One system call whose body also runs ``handler`` (the function do_syscall_64
+        dispatches to, e.g. ``lambda: kernel.munmap(task, va, n)``) in kernel mode, on the
+        kernel CR3, after do_syscall_64's own accesses.
+
+        The entry and the exit are the same operations as :meth:`syscall` and are logged
+        as the same two events; only the exit path is built after ``handler`` ran. So a
+        user-PCID flush the handler defers (flush_tlb_mm_range() -> invalidate_user_asid()
+        in arch/x86/mm/tlb.c) is performed by this very exit, in SWITCH_TO_USER_CR3, as in
+        Linux. ``handler`` must not raise.
+        """
+        path = _Path()
+        cr3 = self._syscall_entry(path, self.k.cr3, task)
+        self._kernel_work(path, task, "do_syscall_64", work)
+        entered = self._run("syscall", path, task)
+        if not entered.ok:
+            return entered
+        handler()
+        path = _Path()
+        self._exit_to_user(path, task, "syscall_return_via_sysret", cr3)
+        left = self._run("syscall", path, task)
+        return Outcome(left.status, left.detail, entered.events + left.events)
 
     def syscall_batch(self, task, n: int, work: int = KERNEL_WORK) -> dict[str, int]:
         """``n`` identical system calls as one MMU trace (for benchmarks and cost lessons).
@@ -346,6 +382,7 @@ class EntryCode:
         if task is not k.current or not task.alive:
             raise KaiserEduError(f"pid {task.pid} is not the running task")
         for _ in range(retries):
+            self._announce(["user"])
             result = k.run_ops(TraceBuilder().access(va, kind, cpl=3))
             if result[0].ok:
                 return result[0].pa
@@ -374,6 +411,7 @@ class EntryCode:
         cr3 = self._switch_to_kernel_cr3(path, cr3)
         self._push_pt_regs(path, task, "entry")
         path.add("kernel", "fetch", k.image.symbol("exc_page_fault"), cpl=0)
+        self._announce(path.labels)
         result = k.run_ops(path.ops)
         if not result[result.n_done - 1].ok:
             return self._deliver_kernel_fault(result[result.n_done - 1], "the #PF entry").ok
@@ -387,6 +425,7 @@ class EntryCode:
                            run_user=False)
         cr3_before = k.cr3
         trace = path.ops.build()
+        self._announce(path.labels)
         result = k.mmu.run(trace, stop_on_fault=True)
         k.log("exception_exit", cr3_before, 0, 3, result, noflush=_noflush(trace))
         return True
