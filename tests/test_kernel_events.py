@@ -21,6 +21,7 @@ from kaiser_edu.kernel.events import (
     EventLog,
     decode_cr3,
 )
+from kaiser_edu.kernel.machine import Kernel
 from kaiser_edu.kernel.timeline import timeline_figure
 
 PGD = 0x7FE000  # an 8 KiB-aligned PGD pair: kernel PGD here, user PGD at +0x1000
@@ -261,3 +262,18 @@ def test_timeline_is_deterministic_and_handles_edge_cases():
     render(fig)
     subset = timeline_figure(sample_log().filter("syscall_entry"))
     assert [tuple(p) for p in collection(subset, "events").get_offsets()] == [(0, 0), (5, 0)]
+
+
+def test_without_a_pgd_pair_bit_12_is_an_address_bit_not_a_half():
+    """With isolation off an order-0 PGD may sit at an odd frame: CR3 bit 12 is then part of
+    its address, not Linux's PTI_USER_PGTABLE_MASK. The log must not call it the user PGD
+    (found when a forked child's PGD at 0x4043000 was drawn as 'U')."""
+    k = Kernel(isolation="off", seed=0)
+    odd = next(t for t in (k.spawn(f"p{i}") for i in range(4)) if t.mm.pgd & (1 << 12))
+    assert k.switch_to(odd).ok
+    k.syscall(odd)
+    events = [e for e in k.events if e.cr3_after & (1 << 12)]
+    assert events
+    for e in events:
+        assert not e.pgd_pair and e.pgd_half_after == "kernel" and not e.mismatched
+    assert "U/" not in k.events.table() and " U " not in k.events.table()

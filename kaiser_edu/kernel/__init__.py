@@ -7,6 +7,9 @@
 - :mod:`~kaiser_edu.kernel.isolation`: off, KAISER (2017) and Linux PTI
 - :mod:`~kaiser_edu.kernel.tlbstate`: ASIDs, PCIDs, the deferred user flush (tlb.c)
 - :mod:`~kaiser_edu.kernel.entry`: syscalls, interrupts, NMIs, context switches via the MMU
+- :mod:`~kaiser_edu.kernel.walkthrough`: one transition single-stepped and recorded (lesson 07)
+- :mod:`~kaiser_edu.kernel.ldt`: modify_ldt() and PTI's per-process LDT remap
+- :mod:`~kaiser_edu.kernel.vsyscall`: the legacy vsyscall page (vsyscall=xonly/emulate/none)
 - :mod:`~kaiser_edu.kernel.machine`: :class:`Kernel`, one booted machine
 - :mod:`~kaiser_edu.kernel.events`, :mod:`~kaiser_edu.kernel.timeline`: the event log
 - :mod:`~kaiser_edu.kernel.audit`: what user mode can see, and the isolation invariants

@@ -110,7 +110,9 @@ class Event:
     :meth:`EventLog.append` if not given); ``noflush`` whether the step's MOV to CR3 had bit 63
     set (None if CR3 was not written); ``flushed`` what the TLB lost ("none", "pcid 2049",
     "all non-global", "all", "page 0x..."); ``tlb_misses`` the misses during the step;
-    ``fault`` a fault raised ("#PF", "#DF", ... with details), else None; ``detail`` free text.
+    ``fault`` a fault raised ("#PF", "#DF", ... with details), else None; ``detail`` free text;
+    ``pgd_pair`` whether the machine has KAISER/PTI's PGD pair (without one, CR3 bit 12 is
+    just an address bit of the one PGD, which is the kernel's).
     """
 
     seq: int
@@ -126,6 +128,7 @@ class Event:
     tlb_misses: int = 0
     fault: str | None = None
     detail: str = ""
+    pgd_pair: bool = True
 
     def __post_init__(self) -> None:
         if not isinstance(self.seq, int) or self.seq < 0:
@@ -160,6 +163,8 @@ class Event:
             raise KaiserEduError(f"fault must be a string or None, got {self.fault!r}")
         if not isinstance(self.detail, str):
             raise KaiserEduError(f"detail must be a string, got {self.detail!r}")
+        if self.pgd_pair not in (True, False):
+            raise KaiserEduError(f"pgd_pair must be True or False, got {self.pgd_pair!r}")
 
     # --- derived views -----------------------------------------------------------------------
     @property
@@ -172,12 +177,13 @@ class Event:
 
     @property
     def pgd_half_before(self) -> str:
-        """'kernel' or 'user': which half of the PGD pair CR3 selected before the step."""
-        return "user" if self.cr3_before & PTI_USER_PGTABLE_MASK else "kernel"
+        """'kernel' or 'user': which half of the PGD pair CR3 selected before the step
+        (always 'kernel' without a pair: the one PGD maps everything)."""
+        return pgd_half(self.cr3_before, self.pgd_pair)
 
     @property
     def pgd_half_after(self) -> str:
-        return "user" if self.cr3_after & PTI_USER_PGTABLE_MASK else "kernel"
+        return pgd_half(self.cr3_after, self.pgd_pair)
 
     @property
     def cr3_changed(self) -> bool:
@@ -197,7 +203,7 @@ class Event:
     def mismatched(self) -> bool:
         """User mode on the kernel PGD after the step: a missed SWITCH_TO_USER_CR3 (the
         kernel copy's NX makes the next user instruction fetch fault)."""
-        return self.cpl_after == 3 and self.pgd_half_after == "kernel"
+        return self.pgd_pair and self.cpl_after == 3 and self.pgd_half_after == "kernel"
 
     def summary(self) -> str:
         """One line: ``#3 syscall_exit  CPL 0->3  CR3 kernel->user PGD, PCID 1->2049 ...``."""
@@ -335,8 +341,8 @@ class EventLog:
             note = " ".join(x for x in (f"FAULT {e.fault}" if e.fault else "", e.detail) if x)
             lines.append(
                 f"{e.seq:>4}  {e.kind:<16} {e.cpl_before}->{e.cpl_after}  "
-                f"{_cr3_cell(e.cr3_before, e.pcid_before):<10} "
-                f"{_cr3_cell(e.cr3_after, e.pcid_after):<10} {wr:<3} {e.flushed:<15} "
+                f"{cr3_cell(e.pgd_half_before, e.pcid_before):<10} "
+                f"{cr3_cell(e.pgd_half_after, e.pcid_after):<10} {wr:<3} {e.flushed:<15} "
                 f"{e.tlb_misses:>4}  {note}".rstrip()
             )
         if not events:
@@ -347,13 +353,20 @@ class EventLog:
         return f"EventLog({len(self._events)} events)"
 
 
-def _cr3_cell(cr3: int, pcid: int | None) -> str:
-    half = "U" if cr3 & PTI_USER_PGTABLE_MASK else "K"
-    return half if pcid is None else f"{half}/{pcid}"
+def pgd_half(cr3: int, pgd_pair: bool = True) -> str:
+    """'user' if CR3 selects the user PGD of a pair (bit 12), else 'kernel'."""
+    return "user" if pgd_pair and cr3 & PTI_USER_PGTABLE_MASK else "kernel"
+
+
+def cr3_cell(half: str, pcid: int | None) -> str:
+    """``K/1``, ``U/2049``: the PGD half's initial and the PCID (table and timeline)."""
+    letter = half[0].upper()
+    return letter if pcid is None else f"{letter}/{pcid}"
 
 
 __all__ = [
     "CR3_ADDR_MASK", "CR3_PCID_MASK", "EVENT_KINDS", "FAULT_KINDS", "FIELDS",
     "PTI_USER_PCID_BIT", "PTI_USER_PCID_MASK", "PTI_USER_PGTABLE_BIT", "PTI_USER_PGTABLE_MASK",
-    "X86_CR3_PCID_NOFLUSH", "X86_CR3_PCID_NOFLUSH_BIT", "Event", "EventLog", "decode_cr3",
+    "X86_CR3_PCID_NOFLUSH", "X86_CR3_PCID_NOFLUSH_BIT", "Event", "EventLog", "cr3_cell",
+    "decode_cr3", "pgd_half",
 ]

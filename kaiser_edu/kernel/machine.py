@@ -243,6 +243,7 @@ class Kernel:
         return self.events.append(
             kind, pcide=self.tlbstate.pcid, cpl_before=cpl_before, cpl_after=cpl_after,
             cr3_before=cr3_before, cr3_after=self.cr3, flushed=flushed,
+            pgd_pair=self.isolation.pgd_pair,
             tlb_misses=result.counters["walks"] if result is not None else 0, **fields,
         )
 

@@ -28,7 +28,7 @@ from matplotlib.collections import LineCollection
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from kaiser_edu.kernel.events import Event
+from kaiser_edu.kernel.events import Event, cr3_cell
 
 KERNEL_PGD_COLOR = "#c0392b"  # red-ish: the tables that map all of the kernel
 USER_PGD_COLOR = "#2471a3"  # blue: the shadow tables
@@ -44,13 +44,8 @@ def _lane(cpl: int) -> float:
     return USER_LANE if cpl == 3 else KERNEL_LANE
 
 
-def _half_color(cr3: int) -> str:
-    return USER_PGD_COLOR if cr3 & (1 << 12) else KERNEL_PGD_COLOR
-
-
-def _cr3_label(cr3: int, pcid: int | None) -> str:
-    half = "U" if cr3 & (1 << 12) else "K"
-    return half if pcid is None else f"{half}/{pcid}"
+def _half_color(half: str) -> str:
+    return USER_PGD_COLOR if half == "user" else KERNEL_PGD_COLOR
 
 
 def _short(text: str, limit: int = 22) -> str:
@@ -102,14 +97,14 @@ def timeline_figure(
     path, path_colors, jumps = [], [], []
     first = evs[0]
     path.append([(xs[0] - 0.5, _lane(first.cpl_before)), (xs[0], _lane(first.cpl_before))])
-    path_colors.append(_half_color(first.cr3_before))
+    path_colors.append(_half_color(first.pgd_half_before))
     for i, e in enumerate(evs):
         x = xs[i]
         if _lane(e.cpl_before) != _lane(e.cpl_after):
             jumps.append([(x, _lane(e.cpl_before)), (x, _lane(e.cpl_after))])
         x_next = xs[i + 1] if i + 1 < n else x + 0.5
         path.append([(x, _lane(e.cpl_after)), (x_next, _lane(e.cpl_after))])
-        path_colors.append(_half_color(e.cr3_after))
+        path_colors.append(_half_color(e.pgd_half_after))
     path_lc = LineCollection(path, colors=path_colors, linewidths=2.5, zorder=2)
     path_lc.set_gid("cpu_path")
     ax.add_collection(path_lc)
@@ -120,14 +115,14 @@ def timeline_figure(
 
     # One dot per event, where the CPU is after it, coloured by the PGD it now uses.
     ys = [_lane(e.cpl_after) for e in evs]
-    dots = ax.scatter(xs, ys, s=46, c=[_half_color(e.cr3_after) for e in evs],
+    dots = ax.scatter(xs, ys, s=46, c=[_half_color(e.pgd_half_after) for e in evs],
                       edgecolors="black", linewidths=0.6, zorder=4)
     dots.set_gid("events")
     if annotate:
         for x, y, e in zip(xs, ys, evs):
-            ax.annotate(_cr3_label(e.cr3_after, e.pcid_after), (x, y), xytext=(0, 7),
+            ax.annotate(cr3_cell(e.pgd_half_after, e.pcid_after), (x, y), xytext=(0, 7),
                         textcoords="offset points", ha="center", va="bottom",
-                        fontsize=fontsize, color=_half_color(e.cr3_after), zorder=5)
+                        fontsize=fontsize, color=_half_color(e.pgd_half_after), zorder=5)
 
     flushes = [e for e in evs if e.did_flush]
     fl = ax.scatter([e.seq for e in flushes], [FLUSH_ROW] * len(flushes), marker="v", s=60,

@@ -9,6 +9,12 @@ calling ``.click()``.
 - :mod:`~kaiser_edu.widgets.address_explorer` (lesson 01): the fields of a virtual address
 - :mod:`~kaiser_edu.widgets.walk_stepper` (lesson 02): a page walk one level at a time
 - :mod:`~kaiser_edu.widgets.tlb_lab` (lesson 03): TLB size, working set, CR3 switches, PCID
+- :mod:`~kaiser_edu.widgets.privilege` (lesson 04): CPL, U/S, SMEP, SMAP and RFLAGS.AC on the
+  simulated kernel
+- :mod:`~kaiser_edu.widgets.shadow_pgd` (lesson 06): the kernel and user PGD side by side,
+  what user mode can reach
+- :mod:`~kaiser_edu.widgets.transition_stepper` (lesson 07): a kernel entry and exit, one MMU
+  operation at a time
 - :mod:`~kaiser_edu.widgets.figures`: the lessons' matplotlib figures
 - :mod:`~kaiser_edu.widgets.linux_map`: the Linux x86-64 virtual memory map (mm.rst)
 - :mod:`~kaiser_edu.widgets.practice`: practice problems (lesson 02)
@@ -41,6 +47,17 @@ _EXPORTS = {
     "page_table_tree": "figures",
     "region_of": "linux_map",
     "PracticeWidget": "practice",
+    "PrivilegeLab": "privilege",
+    "privilege_check": "privilege",
+    "privilege_machine": "privilege",
+    "privilege_targets": "privilege",
+    "ShadowPgdExplorer": "shadow_pgd",
+    "pgd_pair_view": "shadow_pgd",
+    "shadow_pgd_figure": "shadow_pgd",
+    "user_reachable_kernel": "shadow_pgd",
+    "walk_both": "shadow_pgd",
+    "TransitionStepper": "transition_stepper",
+    "transition_steps": "transition_stepper",
     "Quiz": "quiz",
     "Question": "quiz",
     "Option": "quiz",
