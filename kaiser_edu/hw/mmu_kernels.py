@@ -214,13 +214,17 @@ def run_trace(ops, addrs, args, pool, ht, ht_bits, regs, tlb, geom, tstate, pcid
     before it, when that op was an L1 hit, reuses its way: nothing can have changed in
     between, and the way is already its set's most recently used, so even the LRU update
     may be skipped. Otherwise a direct-mapped memo from 4 KiB page to the L1 way that last
-    translated it lets an L1 hit skip the set search. It is checked on use (the way must
-    still hold a usable entry for this page and PCID) and lives only as long as a run of
-    accesses: any other op (a CR3 write above all) voids it. Within such a run it always
-    returns the way the search would: a second usable entry for a page can only appear by a
-    fill, and nothing is filled for a page that already has a usable entry. (Across a PCID
-    switch two cached entries can match one page, a global one and the current PCID's; the
-    search's order decides, and the memo must not.)
+    translated it lets an L1 hit skip the set search. Its key is the page *and the current
+    PCID*. It is checked on use (the way must still hold a usable entry for this page and
+    PCID: flushes, invalidations and evictions all fail that check), and it returns the way
+    the search would as long as no second usable entry for the lookup can have appeared
+    since. Two usable entries for one lookup are a global entry plus the current PCID's
+    own, and nothing is filled for a page that already has a usable entry; so under one
+    PCID a second entry appears only by a global fill, and every global fill voids the whole
+    memo (rare: kernel pages under PGE, once per page between flushes). A memo made under
+    another PCID is not used: there a global entry may have been found first while this
+    PCID's own entry, then unusable, sits earlier in the set. CR3 writes and the other ops
+    leave the memo alone.
     """
     n = ops.shape[0]
     cr0 = regs[R_CR0]
@@ -278,10 +282,10 @@ def run_trace(ops, addrs, args, pool, ht, ht_bits, regs, tlb, geom, tstate, pcid
     memo_pfn = np.full(6, ~U0, dtype=np.uint64)
     memo_slot = np.full(6, -1, dtype=np.int64)
     # Memo: 4 KiB page -> the L1 way that translated it last (see the docstring).
-    memo_vpn = np.full(MEMO_SLOTS, ~U0, dtype=np.uint64)
+    memo_key = np.full(MEMO_SLOTS, ~U0, dtype=np.uint64)  # 4 KiB page << 12 | PCID
     memo_row = np.zeros(MEMO_SLOTS, dtype=np.int64)
     memo_gen = np.zeros(MEMO_SLOTS, dtype=np.int64)
-    gen = np.int64(1)  # bumped by every non-access op: memo entries of older runs are void
+    gen = np.int64(1)  # bumped by every global fill: memo entries of older generations are void
     prev_vpn = ~U0  # the page of the previous op, if it was an L1 hit (else ~0)
     prev_row = np.int64(0)
     done = n * repeat
@@ -310,11 +314,14 @@ def run_trace(ops, addrs, args, pool, ht, ht_bits, regs, tlb, geom, tstate, pcid
                     hit = np.int64(-1)
                     if tlb_on:
                         vpn4 = va >> U12
-                        slot = vpn4 & u64(MEMO_SLOTS - 1)
+                        memo = (vpn4 << U12) | pcid
+                        # folded, so pages 1 MiB or 1 GiB apart (entry text and handlers) and
+                        # one page's kernel and user PCIDs (PTI: | 0x800) use different slots
+                        slot = (vpn4 ^ (vpn4 >> u64(8)) ^ (vpn4 >> u64(18)) ^ (pcid >> u64(4))) & u64(MEMO_SLOTS - 1)
                         if vpn4 == same_page:  # nothing changed since: the same way, already MRU
                             hit = prev_row
                             where = 1
-                        elif memo_vpn[slot] == vpn4 and memo_gen[slot] == gen:
+                        elif memo_key[slot] == memo and memo_gen[slot] == gen:
                             r = memo_row[slot]
                             tag = tlb[0, u64(r)]
                             sc = tag & U3
@@ -346,7 +353,7 @@ def run_trace(ops, addrs, args, pool, ht, ht_bits, regs, tlb, geom, tstate, pcid
                                     where = lvl + 1
                                     tlb[3, u64(hit)] = clock
                                     if lvl == 0:
-                                        memo_vpn[slot] = vpn4
+                                        memo_key[slot] = memo
                                         memo_row[slot] = hit
                                         memo_gen[slot] = gen
                                     break
@@ -513,6 +520,8 @@ def run_trace(ops, addrs, args, pool, ht, ht_bits, regs, tlb, geom, tstate, pcid
                             tlb[2, u64(victim)] = data
                             tlb[3, u64(victim)] = clock
                             sizes[u64(lvl)] |= U1 << (tag & U3)
+                        if n_fill > 0 and (tag & u64(8)) != U0:
+                            gen += 1  # a global entry may now shadow a memoised one
                     if outcome == OUT_PF:
                         n_pf += 1
                         if tlb_on:  # a #PF drops the faulting page's entries (SDM 4.10.4.1)
@@ -522,7 +531,6 @@ def run_trace(ops, addrs, args, pool, ht, ht_bits, regs, tlb, geom, tstate, pcid
                                                      True)
                             last_any = clock
             else:
-                gen += 1
                 if op == OP_MOV_CR3:
                     value = va & ~NOFLUSH
                     reserved = ~((U1 << maxphy) - U1) & ~NOFLUSH
