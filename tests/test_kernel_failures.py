@@ -72,12 +72,13 @@ def test_with_the_entry_text_the_same_start_works(mode):
 
 
 # --- (b) a missed SWITCH_TO_USER_CR3 -------------------------------------------------------
-# Returns to user space through SWITCH_TO_USER_CR3 (an NMI from user mode uses the paranoid
-# RESTORE_CR3 in the simulator; one that hit the kernel returns through the syscall exit).
+# Returns to user space through SWITCH_TO_USER_CR3 (an NMI from user mode leaves like an
+# interrupt; one that hit the kernel returns through the syscall exit).
 RETURNS = {
     "syscall": lambda k, t: k.syscall(t),
     "interrupt": lambda k, t: k.interrupt(t),
     "interrupt in a syscall": lambda k, t: k.interrupt(t, from_kernel=True),
+    "nmi": lambda k, t: k.nmi(t),
     "nmi in a syscall": lambda k, t: k.nmi(t, from_kernel=True),
 }
 

@@ -666,17 +666,21 @@ def test_nmi_from_kernel_keeps_the_kernel_cr3():
     assert k.cr3 & USER_PGD_BIT  # and the syscall it interrupted returns to user space
 
 
-def test_nmi_from_user_switches_and_restores():
-    """From user mode the saved CR3 has bit 12 set: switch to the kernel CR3 for the handler,
-    RESTORE_CR3 puts the user CR3 back."""
+def test_nmi_from_user_takes_the_normal_entry_and_exit():
+    """entry_64.S asm_exc_nmi, "NMI from user mode": SWITCH_TO_KERNEL_CR3, the frame copied
+    to the thread stack, exc_nmi, then `jmp swapgs_restore_regs_and_return_to_usermode`,
+    whose SWITCH_TO_USER_CR3 puts the user CR3 back (no paranoid RESTORE_CR3)."""
     k, task = running("pti")
     user_cr3 = k.cr3
     with recorded_ops(k) as ops:
         assert k.nmi(task).ok
     nmi = index_of_fetch(ops, k.image.symbol("asm_exc_nmi"))
     handler = index_of_fetch(ops, k.image.symbol("exc_nmi"))
-    assert [cr3 & ~NOFLUSH for cr3 in cr3_writes(ops[nmi:handler])] == [user_cr3 & ~0x1800]
-    assert [cr3 & ~NOFLUSH for cr3 in cr3_writes(ops[handler:])] == [user_cr3]
+    out = index_of_fetch(ops, k.image.symbol("swapgs_restore_regs_and_return_to_usermode"))
+    assert nmi < handler < out
+    assert cr3_writes(ops[nmi:handler]) == [(user_cr3 & ~0x1800) | NOFLUSH]
+    assert cr3_writes(ops[handler:out]) == []
+    assert cr3_writes(ops[out:]) == [user_cr3 | NOFLUSH]
     assert k.cr3 == user_cr3
 
 

@@ -112,13 +112,14 @@ def test_steps_record_cr3_halves_pcids_and_noflush():
 
 
 @pytest.mark.parametrize("kind", ["NMI from user", "NMI from kernel"])
-def test_nmi_uses_the_paranoid_switch(kind):
-    """SAVE_AND_SWITCH_TO_KERNEL_CR3 writes CR3 only if the saved one is a user CR3;
-    RESTORE_CR3 writes the saved value back."""
+def test_nmi_cr3_writes(kind):
+    """From user mode an NMI switches like any user entry (entry_64.S asm_exc_nmi); from
+    kernel mode SAVE_AND_SWITCH_TO_KERNEL_CR3 writes nothing (bit 12 clear) and RESTORE_CR3
+    writes the saved kernel CR3 back."""
     w = walkthrough(kind, "pti")
     labels = [s.label for s in w.cr3_writes]
     if kind == "NMI from user":
-        assert labels == ["SAVE_AND_SWITCH_TO_KERNEL_CR3", "RESTORE_CR3"]
+        assert labels == ["SWITCH_TO_KERNEL_CR3", "SWITCH_TO_USER_CR3"]
     else:  # the syscall it interrupted switched and will switch back
         assert labels == ["SWITCH_TO_KERNEL_CR3", "RESTORE_CR3", "SWITCH_TO_USER_CR3"]
         restore = w.cr3_writes[1]
@@ -194,9 +195,10 @@ def test_forgotten_switch_to_user_cr3_is_an_nx_fault(kind):
     assert w.outcome == "killed" and "0x15" in w.detail
 
 
-def test_nmi_from_user_does_not_use_switch_to_user_cr3():
+def test_nmi_from_user_dies_of_a_forgotten_switch_to_user_cr3():
+    """It leaves through swapgs_restore_regs_and_return_to_usermode like an interrupt."""
     w = walkthrough("NMI from user", "pti", breakage="forget SWITCH_TO_USER_CR3")
-    assert w.outcome == "ok" and any("RESTORE_CR3" in n for n in w.notes)
+    assert w.outcome == "killed" and "0x15" in w.kernel.tasks[1].exit_reason
 
 
 @pytest.mark.parametrize("mode", ["pti", "off"])
@@ -310,12 +312,13 @@ def test_view_rebuilds_on_dropdowns():
     view = TransitionStepper()
     view.position.value = 4
     view.kind.value = "NMI from user"
-    assert view.position.value == 0 and view.position.max == 11
+    assert view.position.value == 0
+    assert view.position.max == len(walkthrough("NMI from user", "pti").steps)
     assert view.text.startswith("NMI from user")
     view.mode.value = "pti-nopcid"
     assert "without PCIDs" in view.text
     view.breakage.value = "forget SWITCH_TO_USER_CR3"
-    assert "RESTORE_CR3" in view.text  # the note: NMIs do not use the forgotten switch
+    assert "return to user mode still on the kernel CR3" in view.text
     view.kind.value = "syscall"
     view.end_button.click()
     assert "NX fault on the first user instruction" in view.text

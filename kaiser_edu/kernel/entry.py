@@ -11,9 +11,10 @@ SYSCALL   ``entry_SYSCALL_64``: fetch the entry text and spill the user RSP into
 interrupt from user: the CPU reads the IDT, pushes the frame on the entry stack named by
           TSS.sp0 (in the cpu_entry_area), fetches the entry stub; then as above. From
           kernel mode: no stack switch and no CR3 switch.
-NMI       paranoid entry on its IST stack: SAVE_AND_SWITCH_TO_KERNEL_CR3 switches only if the
-          saved CR3 is a user one (bit 12), RESTORE_CR3 puts it back (and performs a pending
-          user-PCID flush).
+NMI       the CPU switches to the NMI's IST stack. From user mode the entry code then does
+          what other user entries do (SWITCH_TO_KERNEL_CR3 ... SWITCH_TO_USER_CR3); from kernel
+          mode it is paranoid: SAVE_AND_SWITCH_TO_KERNEL_CR3 switches only if the saved CR3 is
+          a user one (bit 12), RESTORE_CR3 writes the saved value back.
 
 Because every fetch and stack access is a real access under the current CR3, the classic
 mistakes fail as they did on real kernels: entry text missing from the user tables faults on
@@ -313,30 +314,33 @@ class EntryCode:
         return self._run("interrupt", path, task)
 
     def nmi(self, task, from_kernel: bool = False, work: int = 4) -> Outcome:
-        """An NMI with the paranoid CR3 handling; ``from_kernel`` hits during a syscall."""
+        """An NMI (asm_exc_nmi in entry_64.S); ``from_kernel`` hits during a syscall.
+
+        From user mode the NMI is handled like other user entries: SWITCH_TO_KERNEL_CR3, the
+        frame copied to the thread stack, exc_nmi, and out through
+        swapgs_restore_regs_and_return_to_usermode (SWITCH_TO_USER_CR3). From kernel mode it
+        may have hit anywhere, even the entry code before its CR3 switch, so the paranoid
+        SAVE_AND_SWITCH_TO_KERNEL_CR3 decides by CR3 bit 12 and RESTORE_CR3 writes the saved
+        value back (as merged in 4.15; newer kernels skip the write for a kernel CR3)."""
         k = self.k
         path = _Path()
         cr3 = k.cr3
-        if from_kernel:
-            cr3 = self._syscall_entry(path, cr3)
-        self._hw_entry(path, 2, "NMI stack", "asm_exc_nmi")  # IST: always switches stacks
+        if not from_kernel:
+            self._hw_entry(path, 2, "NMI stack", "asm_exc_nmi")  # IST: always switches stacks
+            cr3 = self._switch_to_kernel_cr3(path, cr3)
+            self._push_pt_regs(path, task, "entry")
+            self._kernel_work(path, task, "exc_nmi", work)
+            self._exit_to_user(path, task, "swapgs_restore_regs_and_return_to_usermode", cr3)
+            return self._run("nmi", path, task)
+        cr3 = self._syscall_entry(path, cr3)
+        self._hw_entry(path, 2, "NMI stack", "asm_exc_nmi")
+        # SAVE_AND_SWITCH_TO_KERNEL_CR3: the saved CR3 is the kernel one (bit 12 clear: the
+        # syscall switched already), so nothing is written.
         saved = cr3
-        if self.isolated and saved & PTI_USER_PGTABLE_MASK:  # SAVE_AND_SWITCH_TO_KERNEL_CR3
-            cr3 = self._switch_to_kernel_cr3(path, saved)
         self._kernel_work(path, task, "exc_nmi", work)
-        if self.isolated:  # RESTORE_CR3
-            restored = saved
-            if saved & PTI_USER_PGTABLE_MASK and k.tlbstate.pcid:
-                restored = k.tlbstate.switch_to_user_cr3(saved & ~0x1800)
-            elif k.tlbstate.pcid:
-                restored = saved | b.X86_CR3_PCID_NOFLUSH  # kernel pages resume NOFLUSH
-            path.add("RESTORE_CR3", "mov_cr3", restored & ~b.X86_CR3_PCID_NOFLUSH,
-                     noflush=bool(restored & b.X86_CR3_PCID_NOFLUSH))
-            cr3 = restored & ~b.X86_CR3_PCID_NOFLUSH
-        if from_kernel:
-            self._exit_to_user(path, task, "syscall_return_via_sysret", cr3)
-        else:
-            path.add("user", "fetch", task.user_rip, cpl=3)
+        if self.isolated:  # RESTORE_CR3: "KERNEL pages can always resume with NOFLUSH"
+            path.add("RESTORE_CR3", "mov_cr3", saved, noflush=k.tlbstate.pcid)
+        self._exit_to_user(path, task, "syscall_return_via_sysret", cr3)
         return self._run("nmi", path, task)
 
     def switch_to(self, task) -> Outcome:

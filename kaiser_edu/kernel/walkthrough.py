@@ -61,8 +61,10 @@ KINDS: dict[str, str] = {
     "syscall": "SYSCALL from user mode and SYSRET back (entry_SYSCALL_64)",
     "interrupt from user": "a device interrupt while user code runs (asm_common_interrupt)",
     "interrupt from kernel": "a device interrupt while the task is inside a system call",
-    "NMI from user": "an NMI while user code runs (asm_exc_nmi, paranoid CR3 handling)",
-    "NMI from kernel": "an NMI while the task is inside a system call",
+    "NMI from user": ("an NMI while user code runs (asm_exc_nmi: then like any user entry, "
+                      "SWITCH_TO_KERNEL_CR3 ... SWITCH_TO_USER_CR3)"),
+    "NMI from kernel": ("an NMI while the task is inside a system call (paranoid CR3 "
+                        "handling: SAVE_AND_SWITCH_TO_KERNEL_CR3 / RESTORE_CR3)"),
     "munmap, then read": ("munmap() of 64 touched pages inside a system call, then the task "
                           "reads the first of them again"),
 }
@@ -78,7 +80,6 @@ MUNMAP_PAGES = 64  # more than tlb_single_page_flush_ceiling (33): flush_tlb_loc
 # The label of TLB maintenance the entry code did not announce: the kernel's own flushes
 # after a page-table change (flush_tlb_mm_range() in machine.py).
 FLUSH_LABEL = "TLB flush"
-PARANOID_SWITCH = "SAVE_AND_SWITCH_TO_KERNEL_CR3"
 _TLB_OPS = frozenset({"mov_cr3", "invlpg", "invpcid", "mov_cr4"})
 
 
@@ -257,9 +258,6 @@ class _Recorder:
         for j, raw in enumerate(self.raw):
             res = raw["result"]
             label = raw["label"]
-            if (label == "SWITCH_TO_KERNEL_CR3" and out
-                    and out[-1].addr == self.k.image.symbol("asm_exc_nmi")):
-                label = PARANOID_SWITCH  # the NMI entry's name for the same switch
             is_access = res.op in ("read", "write", "fetch")
             noflush = bool(res.addr & b.X86_CR3_PCID_NOFLUSH) if res.op == "mov_cr3" else None
             step = Step(
@@ -394,9 +392,6 @@ def prepare(kind: str = "syscall", mode: str = "pti", seed: int = 0,
         if not k.isolation.pgd_pair:
             notes.append("Without isolation the CR3 macros are patched out (ALTERNATIVE): "
                          "there is no switch to forget.")
-        elif kind.startswith("NMI from user"):
-            notes.append("An NMI from user mode returns through RESTORE_CR3, not "
-                         "SWITCH_TO_USER_CR3: this bug does not touch it.")
     if breakage == "skip the TLB flush":
         k.skip_tlb_flush = True
         if kind != "munmap, then read":
@@ -552,11 +547,14 @@ def _special(step: Step) -> str:
         return ("Move to the entry (trampoline) stack in the cpu_entry_area, mapped in both "
                 "PGDs, so the code still has a stack after SWITCH_TO_USER_CR3.")
     if "asm_exc_nmi" in step.what:
-        text = ("asm_exc_nmi: an NMI can hit anywhere, even in the entry code, so it uses the "
-                "paranoid SAVE_AND_SWITCH_TO_KERNEL_CR3, which looks at bit 12 of CR3")
-        if not step.cr3_before & PTI_USER_PGTABLE_MASK:
-            text += ": clear here (already on the kernel CR3), so it writes nothing"
-        return text + "."
+        if step.cr3_before & PTI_USER_PGTABLE_MASK:
+            return ("asm_exc_nmi from user mode: on to the thread stack and, like any user "
+                    "entry, SWITCH_TO_KERNEL_CR3; it leaves the normal way, through "
+                    "SWITCH_TO_USER_CR3.")
+        return ("asm_exc_nmi: from user mode it is handled like any user entry; from kernel "
+                "mode, where it may have hit anything, even the entry code before its CR3 "
+                "switch, the paranoid SAVE_AND_SWITCH_TO_KERNEL_CR3 looks at CR3 bit 12 and "
+                "writes nothing when it is clear, as here.")
     if "IDT" in step.what and step.label == "hw":
         return ("The CPU reads the IDT gate; the IDT is in the cpu_entry_area (read-only "
                 "alias), mapped in the user tables too.")
@@ -576,10 +574,7 @@ def _explain_cr3(step: Step, pcide: bool) -> str:
     else:
         flush = "without PCIDs every CR3 write flushes all non-global TLB entries."
     lost = f" The TLB lost {step.tlb_lost} entries." if step.tlb_lost else ""
-    if step.label == PARANOID_SWITCH:
-        how = ("SAVE_AND_SWITCH_TO_KERNEL_CR3 (paranoid entry, calling.h): save CR3; bit 12 "
-               "is set (the NMI hit user mode), so switch like SWITCH_TO_KERNEL_CR3")
-    elif step.label == "SWITCH_TO_KERNEL_CR3":
+    if step.label == "SWITCH_TO_KERNEL_CR3":
         how = ("SWITCH_TO_KERNEL_CR3 (calling.h): clear bit 12 (kernel half of the 8 KiB PGD "
                "pair)" + (" and bit 11 (kernel PCID), set bit 63" if pcide else ""))
     elif step.label == "SWITCH_TO_USER_CR3":
