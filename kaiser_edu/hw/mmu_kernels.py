@@ -213,7 +213,9 @@ def run_trace(ops, addrs, args, pool, ht, ht_bits, regs, tlb, geom, tstate, pcid
     Fast paths for L1 hits, both exact. An access to the same 4 KiB page as the op just
     before it, when that op was an L1 hit, reuses its way: nothing can have changed in
     between, and the way is already its set's most recently used, so even the LRU update
-    may be skipped. Otherwise a direct-mapped memo from 4 KiB page to the L1 way that last
+    may be skipped; if it is also the same kind of access (op, CPL, AC), the previous op's
+    verdict and frame are reused without a rights check (a successful write left D set, so
+    no dirty assist can be due). Otherwise a direct-mapped memo from 4 KiB page to the L1 way that last
     translated it lets an L1 hit skip the set search. Its key is the page *and the current
     PCID*. It is checked on use (the way must still hold a usable entry for this page and
     PCID: flushes, invalidations and evictions all fail that check), and it returns the way
@@ -282,12 +284,19 @@ def run_trace(ops, addrs, args, pool, ht, ht_bits, regs, tlb, geom, tstate, pcid
     memo_pfn = np.full(6, ~U0, dtype=np.uint64)
     memo_slot = np.full(6, -1, dtype=np.int64)
     # Memo: 4 KiB page -> the L1 way that translated it last (see the docstring).
-    memo_key = np.full(MEMO_SLOTS, ~U0, dtype=np.uint64)  # 4 KiB page << 12 | PCID
-    memo_row = np.zeros(MEMO_SLOTS, dtype=np.int64)
-    memo_gen = np.zeros(MEMO_SLOTS, dtype=np.int64)
-    gen = np.int64(1)  # bumped by every global fill: memo entries of older generations are void
+    # One row per slot: the key (4 KiB page << 12 | PCID), the L1 way, the generation, and
+    # the tag the way held (a way still holding it holds the same entry).
+    memo = np.zeros((MEMO_SLOTS, 4), dtype=np.uint64)
+    memo[:, 0] = ~U0
+    gen = U1  # bumped by every global fill: memo entries of older generations are void
     prev_vpn = ~U0  # the page of the previous op, if it was an L1 hit (else ~0)
     prev_row = np.int64(0)
+    # ... and what that hit was: the op and its argument, and the frame base and offset mask
+    prev_op = np.int64(-1)
+    prev_arg = np.int64(-1)
+    prev_base = U0
+    prev_mask = U0
+    prev_size = 0
     done = n * repeat
     stopped = False
     for rep in range(repeat):
@@ -312,26 +321,28 @@ def run_trace(ops, addrs, args, pool, ht, ht_bits, regs, tlb, geom, tstate, pcid
                 else:
                     # --- TLB lookup: L1, then L2 (a usable tag for this PCID, or global) ---
                     hit = np.int64(-1)
+                    repeat = False
                     if tlb_on:
                         vpn4 = va >> U12
-                        memo = (vpn4 << U12) | pcid
-                        # folded, so pages 1 MiB or 1 GiB apart (entry text and handlers) and
-                        # one page's kernel and user PCIDs (PTI: | 0x800) use different slots
-                        slot = (vpn4 ^ (vpn4 >> u64(8)) ^ (vpn4 >> u64(18)) ^ (pcid >> u64(4))) & u64(MEMO_SLOTS - 1)
+                        key = U0
+                        slot = U0
                         if vpn4 == same_page:  # nothing changed since: the same way, already MRU
                             hit = prev_row
                             where = 1
-                        elif memo_key[slot] == memo and memo_gen[slot] == gen:
-                            r = memo_row[slot]
-                            tag = tlb[0, u64(r)]
-                            sc = tag & U3
-                            glob = (tag & u64(8)) != U0
-                            expect = ((va >> (U12 + U9 * sc)) << u64(16)) | sc
-                            expect |= u64(8) if glob else pcid << u64(4)
-                            if tag == expect and tlb[1, u64(r)] > (thr_g if glob else thr_ng):
-                                hit = r
-                                where = 1
-                                tlb[3, u64(r)] = clock
+                            # the same kind of access (op, CPL, AC) as well: the same verdict
+                            repeat = np.int64(op) == prev_op and np.int64(arg) == prev_arg
+                        else:
+                            key = (vpn4 << U12) | pcid
+                            # folded, so pages 1 MiB or 1 GiB apart (entry text, handlers) and one
+                            # page's kernel and user PCIDs (PTI: | 0x800) use different slots
+                            slot = (vpn4 ^ (vpn4 >> u64(8)) ^ (vpn4 >> u64(18)) ^ (pcid >> u64(4))) & u64(MEMO_SLOTS - 1)
+                            if memo[slot, 0] == key and memo[slot, 2] == gen:
+                                r = memo[slot, 1]
+                                tag = memo[slot, 3]
+                                if tlb[0, r] == tag and tlb[1, r] > (thr_g if (tag & u64(8)) != U0 else thr_ng):
+                                    hit = np.int64(r)
+                                    where = 1
+                                    tlb[3, r] = clock
                         if hit < 0:
                             for lvl in range(2):
                                 for s in range(3):
@@ -353,15 +364,21 @@ def run_trace(ops, addrs, args, pool, ht, ht_bits, regs, tlb, geom, tstate, pcid
                                     where = lvl + 1
                                     tlb[3, u64(hit)] = clock
                                     if lvl == 0:
-                                        memo_key[slot] = memo
-                                        memo_row[slot] = hit
-                                        memo_gen[slot] = gen
+                                        memo[slot, 0] = key
+                                        memo[slot, 1] = u64(hit)
+                                        memo[slot, 2] = gen
+                                        memo[slot, 3] = tlb[0, u64(hit)]
                                     break
                     n_fill = 0  # TLB levels to fill, from L1: none, L1 (after an L2 hit), or both
                     tag = U0
                     stamp = clock
                     data = U0
-                    if hit >= 0:
+                    if repeat:
+                        n_l1_hits += 1
+                        size_code = prev_size
+                        pa = prev_base | (va & prev_mask)
+                        prev_vpn = vpn4
+                    elif hit >= 0:
                         # Rights come from the TLB entry, not from memory (SDM 4.10.2.2): a
                         # stale read-only entry gives a spurious #PF that drops it (4.10.4.3).
                         data = tlb[2, u64(hit)]
@@ -392,6 +409,11 @@ def run_trace(ops, addrs, args, pool, ht, ht_bits, regs, tlb, geom, tstate, pcid
                                 n_l1_hits += 1
                                 prev_vpn = vpn4
                                 prev_row = hit
+                                prev_op = np.int64(op)
+                                prev_arg = np.int64(arg)
+                                prev_base = data & ~size_mask
+                                prev_mask = size_mask
+                                prev_size = size_code
                             else:
                                 n_l2_hits += 1
                                 n_fill = 1  # copy the L2 entry into L1
@@ -521,7 +543,7 @@ def run_trace(ops, addrs, args, pool, ht, ht_bits, regs, tlb, geom, tstate, pcid
                             tlb[3, u64(victim)] = clock
                             sizes[u64(lvl)] |= U1 << (tag & U3)
                         if n_fill > 0 and (tag & u64(8)) != U0:
-                            gen += 1  # a global entry may now shadow a memoised one
+                            gen += U1  # a global entry may now shadow a memoised one
                     if outcome == OUT_PF:
                         n_pf += 1
                         if tlb_on:  # a #PF drops the faulting page's entries (SDM 4.10.4.1)
