@@ -377,11 +377,14 @@ class Driver:
         """mprotect() keeps the contents: a PROT_NONE page comes back with its data."""
         p = self.proc(i)
         start, end = self.span(p, region, page, n)
-        self.k.mprotect(p.task, start, end - start, PROTS[prot])
-        self.observations.append(("mprotect", start, end, prot))
-        for va in range(start, end, PAGE):
-            if va in p.model.pages:
-                p.model.pages[va] = PROTS[prot]
+        got = self.k.mprotect(p.task, start, end - start, PROTS[prot])
+        self.observations.append(("mprotect", start, end, prot, got))
+        va = start  # mm/mprotect.c: VMA by VMA from start, stopping at the first hole
+        while va < end and va in p.model.pages:
+            p.model.pages[va] = PROTS[prot]
+            va += PAGE
+        want = 0 if va == end else -12
+        self.expect(got == want, f"mprotect [{start:#x}, {end:#x}) returned {got}, Linux {want}")
 
     def op_ldt(self, i: int, entry: int, desc: int, load: int) -> None:
         """modify_ldt() of one descriptor, then a user-mode load of selector ``load``: the

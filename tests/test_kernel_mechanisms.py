@@ -816,6 +816,21 @@ def test_mprotect_prot_none_keeps_the_data(mode):
     assert k.user_load(task, va) == 0x5EC12E7
 
 
+def test_mprotect_stops_at_a_hole_with_enomem():
+    """mm/mprotect.c do_mprotect_pkey(): the range is changed VMA by VMA from its start; a
+    gap stops it with -ENOMEM, the part before the gap keeping the new permissions, and an
+    unmapped start changes nothing."""
+    k, task = running("pti")
+    va = k.mmap(task, 4 * PAGE)
+    k.munmap(task, va + 2 * PAGE, PAGE)  # [va, va+2P) mapped, hole, [va+3P, va+4P) mapped
+    assert k.mprotect(task, va, 4 * PAGE, PROT_READ) == -12
+    prots = {v.start: v.prot for v in task.mm.vmas if va <= v.start < va + 4 * PAGE}
+    assert prots == {va: PROT_READ, va + 3 * PAGE: RW}
+    assert k.mprotect(task, va + 2 * PAGE, 2 * PAGE, PROT_NONE) == -12
+    assert task.mm.find_vma(va + 3 * PAGE).prot == RW
+    assert k.mprotect(task, va, 2 * PAGE, RW) == 0
+
+
 def test_prot_none_pages_are_copied_by_fork_and_freed_by_munmap():
     """copy_pte_range() copies PROT_NONE PTEs like any other (the page is still the
     process's), zap_pte_range() frees them; the parent's copy stays inaccessible."""

@@ -50,6 +50,7 @@ from kaiser_edu.kernel.tlbstate import TLB_SINGLE_PAGE_FLUSH_CEILING, CpuTlbStat
 from kaiser_edu.kernel.vsyscall import check_vsyscall_mode, map_vsyscall
 
 DEFAULT_TLB = TLBConfig()
+ENOMEM = 12  # include/uapi/asm-generic/errno-base.h
 _PAGE_PROTNONE = b.PAGE_GLOBAL  # Linux reuses G for PROT_NONE pages (P=0)
 _USER_PTE_MASK = b.PAGE_PRESENT | _PAGE_PROTNONE  # PTEs that own a user frame
 THREAD_SIZE = 4 * b.PAGE_SIZE  # 16 KiB kernel stacks (THREAD_SIZE_ORDER 2 with KASAN off)
@@ -331,18 +332,35 @@ class Kernel:
         self._drop_user_pages(task.mm, addr, end)
         self.flush_tlb_mm_range(task.mm, addr, end)
 
-    def mprotect(self, task: Task, addr: int, length: int, prot: int) -> None:
-        """Change the permissions of [addr, addr+length): VMAs and the PTEs of pages that
-        exist. PROT_NONE keeps each page behind a not-present PTE marked _PAGE_PROTNONE
-        (the G bit, meaningless while P=0), so its data returns with the permissions."""
+    def mprotect(self, task: Task, addr: int, length: int, prot: int) -> int:
+        """sys_mprotect(): change the permissions of [addr, addr+length), VMA by VMA and the
+        PTEs of pages that exist; 0, or -ENOMEM where the range is not all mapped. As in
+        mm/mprotect.c the change stops at the first hole: the mapped part before it keeps
+        the new permissions (nothing changes if ``addr`` itself is unmapped). PROT_NONE keeps
+        each page behind a not-present PTE marked _PAGE_PROTNONE (the G bit, meaningless while
+        P=0), so its data returns with the permissions."""
         end = addr + -(-length // b.PAGE_SIZE) * b.PAGE_SIZE
-        self._split_vmas(task.mm, addr, end, prot)
+        if addr & 0xFFF or end <= addr:
+            raise KaiserEduError(f"range [{addr:#x}, {end:#x}) must be page-aligned, non-empty")
+        mapped_to = addr  # the end of the mapped run that starts at addr
+        for vma in task.mm.vmas:  # sorted by start
+            if vma.end <= mapped_to or vma.start >= end:
+                continue
+            if vma.start > mapped_to:
+                break
+            mapped_to = min(vma.end, end)
+        if mapped_to > addr:
+            self._protect(task.mm, addr, mapped_to, prot)
+        return 0 if mapped_to == end else -ENOMEM
+
+    def _protect(self, mm: MmStruct, start: int, end: int, prot: int) -> None:
+        self._split_vmas(mm, start, end, prot)
         keep_bits = b.phys_addr_mask(52) | b.PAGE_ACCESSED | b.PAGE_DIRTY
         flags = vm_page_prot(prot) if prot else _PAGE_PROTNONE
         # Pages never touched have no PTE: the fault handler will use the new rights.
-        for _va, pte in list(task.mm.tables.iter_leaves(addr, end, _USER_PTE_MASK)):
+        for _va, pte in list(mm.tables.iter_leaves(start, end, _USER_PTE_MASK)):
             self.mem.write_qword(pte.pa, (pte.value & keep_bits) | flags)
-        self.flush_tlb_mm_range(task.mm, addr, end)
+        self.flush_tlb_mm_range(mm, start, end)
 
     def brk(self, task: Task, new_brk: int) -> int:
         """sys_brk(): move the end of the heap; returns the new break, or the old one if the
