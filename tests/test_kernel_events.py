@@ -192,6 +192,23 @@ def test_to_records_and_table():
     assert repr(log) == "EventLog(8 events)"
 
 
+def test_table_columns_fit_the_longest_kind():
+    """The kind column is wide enough for "context_switch_exit" (which the kernel logs when
+    it returns to a newly switched-to task) and for any longer kind a caller logs: every
+    later column starts at the same place in every line."""
+    log = EventLog()
+    for kind in ("syscall_entry", "context_switch_exit"):
+        log.append(kind, cpl_before=0, cpl_after=3, cr3_before=kcr3(), cr3_after=ucr3(),
+                   noflush=True)
+    lines = log.table().splitlines()
+    assert {line.index("->") - 1 for line in lines[2:]} == {lines[0].index("CPL")}
+    log.append("a_kind_longer_than_any_the_kernel_logs", cpl_before=0, cpl_after=0,
+               cr3_before=kcr3(), cr3_after=kcr3())
+    lines = log.table().splitlines()
+    assert len({line.index("->") for line in lines[2:]}) == 1
+    assert lines[2].index("->") - 1 == lines[0].index("CPL")
+
+
 # --- timeline -------------------------------------------------------------------------------
 def collection(fig: Figure, gid: str):
     (c,) = [c for c in fig.axes[0].collections if c.get_gid() == gid]

@@ -114,7 +114,7 @@ def test_the_engine_is_calling_h_arithmetic():
 
 def test_describe_and_explain_bits():
     assert lab07.describe_cr3(0x4010000 | 0x1803 | NOFLUSH) == \
-        "PGD pair 0x4010000, user PGD, PCID 0x803 (user PCID of ASID 2), NOFLUSH"
+        "PGD pair 0x4010000, user PGD, PCID 2051 (0x803, user PCID of ASID 2), NOFLUSH"
     lines = lab07.explain_bits(0x4011803 | NOFLUSH, 0x4010003)
     assert [line.split(" ", 2)[:2] for line in lines] == [["bit", "63"], ["bit", "12"],
                                                           ["bit", "11"]]

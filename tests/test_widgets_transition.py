@@ -24,6 +24,7 @@ from kaiser_edu.kernel.walkthrough import (
     stepping,
     walkthrough,
 )
+from kaiser_edu.widgets import _view
 from kaiser_edu.widgets import transition_stepper as ts
 from kaiser_edu.widgets.transition_stepper import (
     TransitionStepper,
@@ -109,6 +110,20 @@ def test_steps_record_cr3_halves_pcids_and_noflush():
     assert first.op == "fetch" and "entry_SYSCALL_64" in first.what and first.cr3_after & USER_PGD
     assert second.op == "write" and "sp2" in second.what
     assert all(s.ok for s in w.steps) and w.outcome == "ok"
+
+
+def test_step_summary_names_noflush_once():
+    """A CR3 write's line says NOFLUSH once (decode_cr3's text already ends in it) and marks
+    a write without it as flushing; the note names the macro, not its _NOSTACK wrapper."""
+    w = walkthrough("syscall", "pti")
+    for s in w.cr3_writes:
+        line = s.summary()
+        assert line.count("NOFLUSH") == 1 and "flushing write" not in line, line
+        assert "_NOSTACK" not in s.note
+    assert w.cr3_writes[1].note.startswith("SWITCH_TO_USER_CR3 (calling.h)")
+    for s in walkthrough("syscall", "pti-nopcid").cr3_writes:
+        line = s.summary()
+        assert "NOFLUSH" not in line and "flushing write (TLB lost" in line, line
 
 
 @pytest.mark.parametrize("kind", ["NMI from user", "NMI from kernel"])
@@ -337,4 +352,5 @@ def test_view_shows_errors_instead_of_raising(monkeypatch):
     view.step_button.click()  # no steps: nothing happens, nothing raised
     view.end_button.click()
     assert "simulated bug" in view.text
+    assert view.html == _view.error_html("RuntimeError: simulated bug")
     assert set(BREAKAGES) >= {view.breakage.value}

@@ -333,14 +333,17 @@ class EventLog:
         to CR3 with NOFLUSH (bit 63), 'FL' one without it.
         """
         events = self._events if last is None else self._events[-last:]
-        header = (f"{'seq':>4}  {'kind':<16} {'CPL':<5} {'CR3 before':<10} {'CR3 after':<10} "
-                  f"{'wr':<3} {'flushed':<15} {'miss':>4}  fault / detail")
+        # wide enough for the longest kind the kernel logs ("context_switch_exit") and for
+        # any longer one a caller logs
+        kind_w = max([len("context_switch_exit"), *(len(e.kind) for e in events)])
+        header = (f"{'seq':>4}  {'kind':<{kind_w}} {'CPL':<5} {'CR3 before':<10} "
+                  f"{'CR3 after':<10} {'wr':<3} {'flushed':<15} {'miss':>4}  fault / detail")
         lines = [header, "-" * len(header)]
         for e in events:
             wr = "" if e.noflush is None else ("nf" if e.noflush else "FL")
             note = " ".join(x for x in (f"FAULT {e.fault}" if e.fault else "", e.detail) if x)
             lines.append(
-                f"{e.seq:>4}  {e.kind:<16} {e.cpl_before}->{e.cpl_after}  "
+                f"{e.seq:>4}  {e.kind:<{kind_w}} {e.cpl_before}->{e.cpl_after}  "
                 f"{cr3_cell(e.pgd_half_before, e.pcid_before):<10} "
                 f"{cr3_cell(e.pgd_half_after, e.pcid_after):<10} {wr:<3} {e.flushed:<15} "
                 f"{e.tlb_misses:>4}  {note}".rstrip()

@@ -102,8 +102,11 @@ class CpuTlbState:
         return cr3 | CR3_NOFLUSH if self.pcid else cr3
 
     def switch_to_user_cr3(self, cr3: int) -> int:
-        """SWITCH_TO_USER_CR3_NOSTACK: the user half and the user PCID; NOFLUSH unless this
-        ASID's user PCID has a flush pending, in which case the bit is consumed."""
+        """SWITCH_TO_USER_CR3 (arch/x86/entry/calling.h): the user half and the user PCID;
+        NOFLUSH unless this ASID's user PCID has a flush pending, in which case the bit is
+        consumed. The SYSRET exit invokes the macro through SWITCH_TO_USER_CR3_STACK
+        scratch_reg=%rdi, which saves %rax as the second scratch register; the IRET exit
+        calls it directly."""
         cr3 &= ~CR3_NOFLUSH
         if self.pcid:
             kpcid = cr3 & 0x7FF

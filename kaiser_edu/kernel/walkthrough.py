@@ -20,7 +20,8 @@ Two entry points:
   breaks it in one of the ways of :data:`BREAKAGES`, and records one of :data:`KINDS`.
 
 Sources: arch/x86/entry/entry_64.S (entry_SYSCALL_64, the interrupt and NMI entries),
-arch/x86/entry/calling.h (SWITCH_TO_KERNEL_CR3, SWITCH_TO_USER_CR3_NOSTACK,
+arch/x86/entry/calling.h (SWITCH_TO_KERNEL_CR3; SWITCH_TO_USER_CR3, which the SYSRET exit
+invokes through its wrapper SWITCH_TO_USER_CR3_STACK and the IRET exit directly;
 SAVE_AND_SWITCH_TO_KERNEL_CR3, RESTORE_CR3), arch/x86/mm/tlb.c (invalidate_user_asid(),
 flush_tlb_mm_range()), arch/x86/mm/pti.c, Documentation/arch/x86/pti.rst.
 
@@ -53,7 +54,7 @@ from kaiser_edu.kernel.tlbstate import PTI_USER_PGTABLE_MASK
 MODES: dict[str, tuple[str, dict]] = {
     "pti": ("Linux PTI with PCIDs (Skylake)", {"isolation": "pti"}),
     "pti-nopcid": ("Linux PTI without PCIDs (nopcid)", {"isolation": "pti", "pcid": False}),
-    "kaiser": ("KAISER as posted in 2017 (no PCIDs)", {"isolation": "kaiser"}),
+    "kaiser": ("KAISER 2017 (as the Graz patch: no PCIDs)", {"isolation": "kaiser"}),
     "off": ("no isolation (pti=off)", {"isolation": "off"}),
 }
 # The transitions: name -> one line of what happens.
@@ -65,8 +66,8 @@ KINDS: dict[str, str] = {
                       "SWITCH_TO_KERNEL_CR3 ... SWITCH_TO_USER_CR3)"),
     "NMI from kernel": ("an NMI while the task is inside a system call (paranoid CR3 "
                         "handling: SAVE_AND_SWITCH_TO_KERNEL_CR3 / RESTORE_CR3)"),
-    "munmap, then read": ("munmap() of 64 touched pages inside a system call, then the task "
-                          "reads the first of them again"),
+    "munmap, then read": ("munmap() of a 64-page buffer whose first page the task wrote, "
+                          "inside a system call; then the task reads that page again"),
 }
 # The bugs the kernel can be made to have (the lessons' "break it yourself").
 BREAKAGES: dict[str, str] = {
@@ -140,10 +141,14 @@ class Step:
         return decode_cr3(self.cr3_after, pcide)
 
     def summary(self) -> str:
-        """One line: ``#3 SWITCH_TO_KERNEL_CR3  mov_cr3 ... -> K/1 NOFLUSH``."""
+        """One line: ``#3 SWITCH_TO_KERNEL_CR3  mov_cr3 CR3 <- ..., NOFLUSH (TLB lost 0)``.
+
+        For a MOV to CR3 ``what`` already ends in ", NOFLUSH" when bit 63 is set
+        (:func:`~kaiser_edu.kernel.events.decode_cr3`); a write without it is marked
+        "flushing write"."""
         if self.op == "mov_cr3":
-            flag = "NOFLUSH" if self.noflush else "flushing write"
-            result = f"{flag}; TLB lost {self.tlb_lost}"
+            flag = "" if self.noflush else "flushing write "
+            result = f"{flag}(TLB lost {self.tlb_lost})"
         elif self.tlb:
             result = "TLB hit (" + self.tlb + ")" if self.hit else "TLB miss (page walk)"
         else:
@@ -578,15 +583,19 @@ def _explain_cr3(step: Step, pcide: bool) -> str:
         how = ("SWITCH_TO_KERNEL_CR3 (calling.h): clear bit 12 (kernel half of the 8 KiB PGD "
                "pair)" + (" and bit 11 (kernel PCID), set bit 63" if pcide else ""))
     elif step.label == "SWITCH_TO_USER_CR3":
+        # calling.h: SWITCH_TO_USER_CR3 is the logic; the SYSRET exit invokes it through
+        # SWITCH_TO_USER_CR3_STACK scratch_reg=%rdi (which saves %rax for the second scratch
+        # register), the IRET exit (swapgs_restore_regs_and_return_to_usermode) directly.
         if pcide and not step.noflush:
-            how = ("SWITCH_TO_USER_CR3_NOSTACK: this ASID's bit in user_pcid_flush_mask was "
-                   "set (a flush deferred by invalidate_user_asid()): clear it and write CR3 "
-                   "without NOFLUSH; set bits 12 and 11")
+            how = ("SWITCH_TO_USER_CR3 (calling.h): this ASID's bit in user_pcid_flush_mask "
+                   "was set (a flush deferred by invalidate_user_asid()): clear it and write "
+                   "CR3 without NOFLUSH; set bits 12 and 11")
         elif pcide:
-            how = ("SWITCH_TO_USER_CR3_NOSTACK: no flush pending for this user PCID: set "
+            how = ("SWITCH_TO_USER_CR3 (calling.h): no flush pending for this user PCID: set "
                    "bits 12 (user PGD), 11 (user PCID) and 63 (NOFLUSH)")
         else:
-            how = "SWITCH_TO_USER_CR3_NOSTACK: set bit 12 (user half of the PGD pair)"
+            how = ("SWITCH_TO_USER_CR3 (calling.h): set bit 12 (user half of the PGD "
+                   "pair)")
     elif step.label == "RESTORE_CR3":
         how = ("RESTORE_CR3 (paranoid exit, as in Linux 4.15): write back the CR3 saved by "
                "SAVE_AND_SWITCH_TO_KERNEL_CR3")

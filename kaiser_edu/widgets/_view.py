@@ -65,6 +65,20 @@ def show(output: widgets.Output, html: str, text: str, png: bytes | None = None)
     output.outputs = tuple(bundles)
 
 
+def error_html(message: object) -> str:
+    """The banner a view shows instead of its result when the input was refused: a cross
+    and the message, with the fault colour as a bar on the left."""
+    return (f"<div style='color:#000;border-left:6px solid {FAULT_COLOR};padding-left:6px'>"
+            f"&#10008; {esc(message)}</div>")
+
+
+def show_error(output: widgets.Output, message: object, text: str | None = None) -> None:
+    """Show :func:`error_html` of ``message`` in ``output`` (plain text: ``text``, by
+    default the message). Widget callbacks use it so that an error never reaches the front
+    end as an exception."""
+    show(output, error_html(message), str(message) if text is None else text)
+
+
 def shown(output: widgets.Output, mime: str = "text/html") -> str:
     """What ``output`` currently shows in ``mime`` (all bundles joined)."""
     return "\n".join(o["data"][mime] for o in output.outputs

@@ -268,9 +268,7 @@ class AddressExplorer(_view.OutputView, widgets.VBox):
             va = parse_address(change["new"])
         except KaiserEduError as exc:
             self.info = None
-            _view.show(self.output, f'<div style="color:#000;border-left:4px solid '
-                       f'{_view.FAULT_COLOR};padding-left:6px">&#10008; {_view.esc(exc)}</div>',
-                       str(exc))
+            _view.show_error(self.output, exc)
             return
         step, rest = divmod(va - self.slider_start, self.slider_step)
         if rest == 0 and 0 <= step <= self.slider.max and step != self.slider.value:

@@ -391,8 +391,7 @@ class PrivilegeLab(_view.OutputView, widgets.VBox):
                 smep=self.smep.value, smap=self.smap.value, ac=self.ac.value)
         except KaiserEduError as exc:
             self.check = None
-            _view.show(self.output, f"<div style='border-left:6px solid {_view.FAULT_COLOR};"
-                       f"padding-left:6px'>&#10008; {_view.esc(exc)}</div>", str(exc))
+            _view.show_error(self.output, exc)
             return
         _view.show(self.output, self.check.html(), self.check.text())
 

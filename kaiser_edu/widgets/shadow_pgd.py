@@ -553,8 +553,7 @@ class ShadowPgdExplorer(_view.OutputView, widgets.VBox):
         try:
             action()
         except KaiserEduError as exc:
-            _view.show(self.output, f"<div style='color:{_view.FAULT_COLOR}'>"
-                       f"{_view.esc(exc)}</div>", f"error: {exc}")
+            _view.show_error(self.output, exc, f"error: {exc}")
 
     def __repr__(self) -> str:
         slot = None if self.slot.value == self.ALL else self.slot.value

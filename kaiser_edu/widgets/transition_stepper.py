@@ -302,8 +302,7 @@ class TransitionStepper(_view.OutputView, widgets.VBox):
 
     def _render(self) -> None:
         if self.record is None:
-            _view.show(self.output, f"<div style='border-left:6px solid {_view.FAULT_COLOR};"
-                       f"padding-left:6px'>&#10008; {_view.esc(self.error)}</div>", self.error)
+            _view.show_error(self.output, self.error)
             return
         position = min(self.position.value, len(self.steps))
         try:

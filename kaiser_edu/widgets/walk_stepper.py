@@ -523,8 +523,7 @@ class WalkStepper(_view.OutputView, widgets.VBox):
 
     def _render(self) -> None:
         if self.view is None:
-            _view.show(self.output, f"<div style='border-left:6px solid {_view.FAULT_COLOR};"
-                       f"padding-left:6px'>&#10008; {_view.esc(self.error)}</div>", self.error)
+            _view.show_error(self.output, self.error)
             return
         _view.show(self.output, self.view.html(self.revealed), self.view.text(self.revealed))
 

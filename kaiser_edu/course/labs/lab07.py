@@ -91,10 +91,11 @@ CR3_FIELDS: tuple[tuple[str, int, str], ...] = (
 
 
 def describe_cr3(cr3: int, pcid: bool = True) -> str:
-    """One line saying what a CR3 value selects.
+    """One line saying what a CR3 value selects. The PCID is given in decimal, as the
+    lessons and the event log print it, and in hex, as the bit fields show it.
 
     >>> describe_cr3(0x4002000 | 0x1000 | 0x800 | 3 | 1 << 63)
-    'PGD pair 0x4002000, user PGD, PCID 0x803 (user PCID of ASID 2), NOFLUSH'
+    'PGD pair 0x4002000, user PGD, PCID 2051 (0x803, user PCID of ASID 2), NOFLUSH'
     >>> describe_cr3(0x4002000, pcid=False)
     'PGD pair 0x4002000, kernel PGD, no PCID'
     """
@@ -104,7 +105,8 @@ def describe_cr3(cr3: int, pcid: bool = True) -> str:
         p = cr3 & b.X86_CR3_PCID_MASK
         owner = "user PCID" if p & PTI_USER_PCID_MASK else "kernel PCID"
         asid = (p & PCID_FIELD) - 1
-        text += f", PCID {p:#x} ({owner} of ASID {asid})" if asid >= 0 else f", PCID {p:#x}"
+        text += (f", PCID {p} ({p:#x}, {owner} of ASID {asid})" if asid >= 0
+                 else f", PCID {p} ({p:#x})")
     else:
         text += ", no PCID"
     return text + (", NOFLUSH" if cr3 & CR3_NOFLUSH else "")
