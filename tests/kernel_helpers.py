@@ -1,7 +1,7 @@
 """Shared tools for the simulated-kernel tests (tests/test_kernel_*.py).
 
-- :data:`MODES` and :func:`boot`: the isolation modes the tests run in (off; KAISER as posted,
-  without PCIDs; Linux PTI with and without PCIDs);
+- :data:`MODES` and :func:`boot`: the isolation modes the tests run in (off; KAISER as in the
+  Graz patch, without PCIDs; Linux PTI with and without PCIDs);
 - :func:`running`: a booted machine with one task already running in user mode;
 - :func:`recorded_ops`: every operation the simulated CPU executes while a block runs (the
   entry code's fetches, stack accesses and CR3 writes, in order);
@@ -37,7 +37,7 @@ PAGE = b.PAGE_SIZE
 NOFLUSH = b.X86_CR3_PCID_NOFLUSH
 ADDR = b.phys_addr_mask(52)
 
-# name -> Kernel keyword arguments. KAISER runs without PCIDs, as posted in 2017 (the
+# name -> Kernel keyword arguments. KAISER runs without PCIDs, as the 2017 Graz patch did (the
 # Kernel's default for it); PTI on a Skylake uses PCID and INVPCID unless told not to.
 MODES: dict[str, dict] = {
     "off": {"isolation": "off"},

@@ -169,7 +169,7 @@ def test_with_the_flush_the_unmapped_address_is_sigsegv(mode):
 def test_without_pcid_the_next_kernel_entry_hides_the_missing_flush(mode):
     """Without PCIDs every CR3 write flushes all non-global entries (pti.rst), and touching
     the new page is a page fault: a kernel entry and exit, two CR3 writes. The stale entry
-    is gone before the task can use it, so KAISER as posted (no PCID) masks this bug that
+    is gone before the task can use it, so KAISER as in the Graz patch (no PCID) masks this bug that
     PCIDs expose."""
     k, task, old = reuse_freed_frame(mode, skip_flush=True)
     assert not k.tlbstate.pcid

@@ -2,10 +2,11 @@
 
 * :class:`NoIsolation`: one PGD per process mapping everything; only U/S=0 keeps user code
   out of the kernel, which Meltdown ignores.
-* :class:`Kaiser2017`: KAISER as posted in 2017 (Gruss et al.; Hansen's v2/v3 series): an
-  8 KiB PGD pair, user entries mirrored into the shadow with NX on the kernel copy, and
-  kernel ranges placed into the shadow one by one with ``kaiser_add_mapping()``; optionally
-  every thread's kernel stack too, as the original Graz patch did. No PCIDs.
+* :class:`Kaiser2017`: KAISER as in the 2017 patches (the Graz patch of Gruss et al.;
+  Hansen's series): an 8 KiB PGD pair, user entries mirrored into the shadow with NX on the
+  kernel copy, and kernel ranges placed into the shadow one by one with
+  ``kaiser_add_mapping()``; optionally every thread's kernel stack too, as the Graz patch
+  did. No PCIDs by default, as in the Graz patch (Hansen's series used them).
 * :class:`LinuxPTI`: page table isolation as merged for Linux 4.15 (arch/x86/mm/pti.c): the
   same pair, ``pti_set_user_pgtbl()``, and a fixed set of clones made once at boot (the
   cpu_entry_area and espfix P4D slots, the entry text at PMD granularity, each CPU's TSS
@@ -150,7 +151,9 @@ class _ShadowPgd(Isolation):
 
 
 class Kaiser2017(_ShadowPgd):
-    """KAISER as posted in 2017: a shadow PGD filled with ``kaiser_add_mapping()``."""
+    """KAISER as in the 2017 Graz patch: a shadow PGD filled with ``kaiser_add_mapping()``
+    (mapped kernel stacks by default; Hansen's later series used a trampoline stack and
+    PCIDs: ``Kernel(isolation="kaiser", pcid=True)``)."""
 
     name = "kaiser"
 

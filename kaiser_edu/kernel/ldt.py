@@ -15,7 +15,7 @@ share the lower tables, so later LDTs show up in both. A new LDT goes into the o
 slots (``LDT_SLOT_STRIDE`` apart) so that other CPUs keep using the old one until
 install_ldt() switches them; then the old slot's PTEs are cleared and flushed
 (unmap_ldt_struct()). Without PTI none of this happens: the LDT is just kernel memory,
-reached through the direct map. KAISER as posted in 2017 had no remap slot: Hansen's
+reached through the direct map. KAISER in 2017 had no remap slot: Hansen's
 series mapped each LDT where it was allocated with kaiser_add_mapping() ("x86, kaiser: map
 dynamically-allocated LDTs") into the shadow's kernel half, which every process shares, and
 removed it with kaiser_remove_mapping() when the LDT was freed.

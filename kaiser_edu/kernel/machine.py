@@ -109,7 +109,7 @@ class Kernel:
         self.alloc = FrameAllocator(self.mem, ram_bytes=ram_bytes, first_pa=64 << 20)
         self.ram_bytes = ram_bytes
         self.nx_supported = True
-        if pcid is None:  # KAISER as posted ran without PCIDs
+        if pcid is None:  # the Graz KAISER patch ran without PCIDs (Hansen's series had them)
             pcid = self.cpu.pcid and self.isolation.name != "kaiser"
         if pcid and not self.cpu.pcid:
             raise KaiserEduError(f"{self.cpu.name} has no PCID")
