@@ -7,15 +7,13 @@ from __future__ import annotations
 
 import json
 import random
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from lab_helpers import assert_feedback
 
 from kaiser_edu.course import checks as ck
 from kaiser_edu.course import exercises as ex
-from kaiser_edu.course import metadata as md
 from kaiser_edu.course.labs import lab03
 from kaiser_edu.hw.mmu import MMU, TLBConfig, TraceBuilder
 
@@ -35,21 +33,7 @@ FlushingTLB = SOLVED["FlushingTLB"]
 ANSWER = {c.exercise: c.function for c in lab03.CHECKS}
 
 
-# --- the notebooks and the checks ---------------------------------------------------------
-
-
-@pytest.mark.parametrize("check", lab03.CHECKS, ids=lambda c: c.exercise)
-def test_check_passes_on_the_solution(check):
-    result = check(SOLVED[check.function])
-    assert result.status == ck.PASSED, result.feedback
-    assert result.points == check.points
-
-
-@pytest.mark.parametrize("check", lab03.CHECKS, ids=lambda c: c.exercise)
-def test_check_says_not_attempted_on_the_untouched_exercise(check):
-    result = check(answers_of(EXERCISE)[check.function])
-    assert result.status == ck.NOT_ATTEMPTED and result.points == 0
-    assert "NotImplementedError" in result.feedback
+# --- the checks (the notebook-wide rules are in test_labs.py) ------------------------------
 
 
 def test_flushing_check_names_the_unfinished_base_class():
@@ -64,36 +48,6 @@ def test_flushing_check_with_small_tlb_done_names_the_flush_method():
     result = lab03.check_flushing_tlb(done)
     assert result.status == ck.NOT_ATTEMPTED
     assert "FlushingTLB.mov_cr3 still raises NotImplementedError" in result.feedback
-
-
-def test_check_cells_match_their_checks():
-    by_id = {c.exercise: c for c in lab03.CHECKS}
-    cells = [c for c in ex.read_notebook(SOLUTION).cells if md.is_check(c)]
-    assert [md.nbgrader(c)["grade_id"] for c in cells] == list(by_id)
-    for cell in cells:
-        check = by_id[md.nbgrader(cell)["grade_id"]]
-        assert md.points(cell) == check.points
-        assert cell.source == f"check_{check.exercise.removeprefix('lab03-').replace('-', '_')}" \
-                              f"({check.function})"
-
-
-def test_committed_check_outputs_say_passed_and_not_attempted():
-    def outputs(path):
-        nb = ex.read_notebook(path)
-        return [o.data["text/plain"] for c in nb.cells if md.is_check(c) for o in c.outputs]
-
-    solved, fresh = outputs(SOLUTION), outputs(EXERCISE)
-    assert len(solved) == len(fresh) == len(lab03.CHECKS)
-    assert all(text.startswith("[PASSED]") for text in solved)
-    assert all(text.startswith("[NOT ATTEMPTED YET]") for text in fresh)
-
-
-def test_points_add_up_to_the_stated_total():
-    cells = ex.read_notebook(SOLUTION).cells
-    auto = sum(md.points(c) for c in cells if md.is_check(c))
-    written = sum(md.points(c) for c in cells if md.is_written_answer(c))
-    assert (auto, written) == (12, 2)
-    assert "**Points:** 12 checked automatically, 2 for the written answer" in cells[0].source
 
 
 def test_lesson_is_executed_in_order_without_stderr():
@@ -328,12 +282,7 @@ WRONG = [
                          ids=[f"{c.exercise}-{getattr(a, '__name__', type(a).__name__)}-{n}"
                               for n, (c, a, *_) in enumerate(WRONG)])
 def test_wrong_answers_get_specific_feedback(check, answer, status, fragments):
-    result = check(answer)
-    assert result.status == status, result.text()
-    assert result.points == 0
-    flat = " ".join(result.feedback.split())
-    for fragment in fragments:
-        assert " ".join(fragment.split()) in flat, result.text()
+    assert_feedback(check(answer), status, fragments)
 
 
 def test_an_unknown_mistake_gets_the_general_hint_and_the_state():
@@ -352,25 +301,3 @@ def test_nbgrader_grading_raises_on_a_wrong_tlb(monkeypatch):
     with pytest.raises(ck.CheckFailed):
         lab03.check_small_tlb(small("Fifo", lookup=_fifo_lookup))
     assert lab03.check_small_tlb(SmallTLB).passed
-
-
-# --- kaiser-edu check ----------------------------------------------------------------------
-
-
-def kaiser_edu_check(path: Path, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "kaiser_edu", "check", "--json", str(path)],
-                          cwd=cwd, capture_output=True, text=True, timeout=600)
-
-
-@pytest.mark.parametrize("path, code, status", [(SOLUTION, 0, ck.PASSED),
-                                                (EXERCISE, 1, ck.NOT_ATTEMPTED)],
-                         ids=["solution", "exercise"])
-def test_kaiser_edu_check(tmp_path, path, code, status):
-    before = path.read_bytes()
-    run = kaiser_edu_check(path, tmp_path)
-    assert run.returncode == code, run.stdout + run.stderr
-    report = json.loads(run.stdout)
-    rows = report["exercises"]
-    assert [r["exercise"] for r in rows] == [c.exercise for c in lab03.CHECKS]
-    assert {r["status"] for r in rows} == {status}
-    assert path.read_bytes() == before

@@ -1,6 +1,6 @@
 """Lab 07 (CR3 arithmetic under PTI): its checks against the lab's own notebooks, typical
 wrong answers and the bit-by-bit feedback they get, the kernel run of exercise 3, and
-``kaiser-edu check`` on the solution and on the untouched exercise.
+what test_labs.py does not already check for every lab.
 """
 
 from __future__ import annotations
@@ -8,15 +8,13 @@ from __future__ import annotations
 import itertools
 import json
 import random
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from lab_helpers import assert_feedback
 
 from kaiser_edu.course import checks as ck
 from kaiser_edu.course import exercises as ex
-from kaiser_edu.course import metadata as md
 from kaiser_edu.course.labs import lab07
 
 REPO = Path(__file__).resolve().parents[1]
@@ -30,58 +28,7 @@ switch_to_kernel_cr3 = SOLVED["switch_to_kernel_cr3"]
 switch_to_user_cr3 = SOLVED["switch_to_user_cr3"]
 
 
-# --- the notebooks and the checks ---------------------------------------------------------
-
-
-@pytest.mark.parametrize("check", lab07.CHECKS, ids=lambda c: c.exercise)
-def test_check_passes_on_the_solution(check):
-    result = check(SOLVED[check.function])
-    assert result.status == ck.PASSED, result.feedback
-    assert result.points == check.points and result.cases > 40
-
-
-@pytest.mark.parametrize("check", lab07.CHECKS, ids=lambda c: c.exercise)
-def test_check_says_not_attempted_on_the_untouched_exercise(check):
-    result = check(ex.answer_namespace(EXERCISE)[check.function])
-    assert result.status == ck.NOT_ATTEMPTED and result.points == 0
-    assert f"{check.function} still raises NotImplementedError" in result.feedback
-
-
-def test_check_cells_match_their_checks():
-    by_id = {c.exercise: c for c in lab07.CHECKS}
-    cells = [c for c in ex.read_notebook(SOLUTION).cells if md.is_check(c)]
-    assert [md.nbgrader(c)["grade_id"] for c in cells] == list(by_id)
-    names = {"lab07-build-cr3": "check_build_cr3", "lab07-kernel-cr3": "check_kernel_cr3",
-             "lab07-user-cr3": "check_user_cr3"}
-    for cell in cells:
-        check = by_id[md.nbgrader(cell)["grade_id"]]
-        assert md.points(cell) == check.points
-        assert cell.source == f"{names[check.exercise]}({check.function})"
-
-
-def test_committed_check_outputs_say_passed_and_not_attempted():
-    def outputs(path):
-        nb = ex.read_notebook(path)
-        return [o.data["text/plain"] for c in nb.cells if md.is_check(c) for o in c.outputs]
-
-    solved, fresh = outputs(SOLUTION), outputs(EXERCISE)
-    assert len(solved) == len(fresh) == len(lab07.CHECKS)
-    assert all(text.startswith("[PASSED]") for text in solved)
-    assert all(text.startswith("[NOT ATTEMPTED YET]") for text in fresh)
-
-
-def test_points_add_up_to_the_stated_total():
-    cells = ex.read_notebook(SOLUTION).cells
-    auto = sum(md.points(c) for c in cells if md.is_check(c))
-    written = sum(md.points(c) for c in cells if md.is_written_answer(c))
-    assert (auto, written) == (9, 2)
-    assert "**Points:** 9 checked automatically, 2 for the written answer" in cells[0].source
-
-
-def test_exercise_is_generated_from_the_solution():
-    generated = ex.build_exercise(ex.read_notebook(SOLUTION), name=SOLUTION.name)
-    assert ex.compare_exercise(generated, ex.read_notebook(EXERCISE)) == ""
-    assert ex.unexecuted_cells(ex.read_notebook(EXERCISE)) == []
+# --- the checks (the notebook-wide rules are in test_labs.py) ------------------------------
 
 
 # --- the cases are the engine's, and cover what they claim --------------------------------
@@ -206,12 +153,7 @@ WRONG = [
 @pytest.mark.parametrize("check, answer, status, fragments", WRONG,
                          ids=[f"{c.exercise}-{n}" for n, (c, *_) in enumerate(WRONG)])
 def test_wrong_answers_get_specific_feedback(check, answer, status, fragments):
-    result = check(answer)
-    assert result.status == status, result.text()
-    assert result.points == 0
-    flat = " ".join(result.feedback.split())
-    for fragment in fragments:
-        assert " ".join(fragment.split()) in flat, result.text()
+    assert_feedback(check(answer), status, fragments)
 
 
 def test_a_function_right_on_the_states_but_wrong_in_the_kernel_is_caught():
@@ -264,17 +206,3 @@ def test_nbgrader_grading_raises_on_a_wrong_answer(monkeypatch):
     with pytest.raises(ck.CheckFailed):
         lab07.check_user_cr3(user_cr3_keeping_the_bit)
     assert lab07.check_user_cr3(switch_to_user_cr3).passed
-
-
-@pytest.mark.parametrize("path, code, status", [(SOLUTION, 0, ck.PASSED),
-                                                (EXERCISE, 1, ck.NOT_ATTEMPTED)],
-                         ids=["solution", "exercise"])
-def test_kaiser_edu_check(tmp_path, path, code, status):
-    before = path.read_bytes()
-    run = subprocess.run([sys.executable, "-m", "kaiser_edu", "check", "--json", str(path)],
-                         cwd=tmp_path, capture_output=True, text=True, timeout=600)
-    assert run.returncode == code, run.stdout + run.stderr
-    rows = json.loads(run.stdout)["exercises"]
-    assert [r["exercise"] for r in rows] == [c.exercise for c in lab07.CHECKS]
-    assert {r["status"] for r in rows} == {status}
-    assert path.read_bytes() == before
