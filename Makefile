@@ -26,13 +26,8 @@ export NUMBA_CACHE_DIR
 PYTEST := $(BIN)/pytest
 LINT_PATHS := kaiser_edu $(wildcard tests)
 
-# `make lab` opens lesson 00 (the tour) if it exists, else the notebooks folder, else the repo.
-LESSON_00 := $(firstword $(sort $(wildcard notebooks/00_*.ipynb)))
-LAB_OPEN := $(if $(LESSON_00),$(LESSON_00),\
-              $(if $(wildcard notebooks),--LabApp.default_url=/lab/tree/notebooks))
+# Options for JupyterLab (`make lab LAB_ARGS="--port=9999 --no-browser"`).
 LAB_ARGS ?=
-# Jupyter refuses to run as root without this (containers, lab machines).
-LAB_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root)
 BENCH_ARGS ?=
 
 # The folders whose notebooks nbval runs, less those without any notebook (nbval would
@@ -68,10 +63,10 @@ $(STAMP): pyproject.toml
 
 # --- using it -----------------------------------------------------------------------------
 
-# root_dir: the whole course is browsable (notebooks/, exercises/, ...), not only the
-# folder of the notebook that opens first.
+# kaiser-edu lab: JupyterLab on this venv's Python, the whole course as its root (so
+# notebooks/, exercises/, ... are all browsable), lesson 00 open (--allow-root as root).
 lab: $(STAMP)
-	$(BIN)/jupyter lab $(LAB_ROOT) --ServerApp.root_dir='$(CURDIR)' $(LAB_ARGS) $(LAB_OPEN)
+	$(BIN)/kaiser-edu lab --dir '$(CURDIR)' $(if $(strip $(LAB_ARGS)),-- $(LAB_ARGS))
 
 bench: $(STAMP)
 	$(BIN)/kaiser-edu bench $(BENCH_ARGS)

@@ -14,6 +14,7 @@ import sys
 
 # name -> (module, one-line help)
 SUBCOMMANDS = {
+    "lab": ("kaiser_edu.course.lab_cli", "open the course (or one lesson or lab) in JupyterLab"),
     "walk": ("kaiser_edu.hw.scenario", "translate the accesses of a JSON scenario file"),
     "bench": ("kaiser_edu.perf.bench", "measure the simulator's speed against baselines"),
     "practice": ("kaiser_edu.course.practice_cli", "seeded paging problems with worked answers"),
