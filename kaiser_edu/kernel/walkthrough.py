@@ -45,7 +45,7 @@ from kaiser_edu.hw import bits as b
 from kaiser_edu.hw.mmu import COUNTER_NAMES, OP_NAMES, Trace, TraceResult
 from kaiser_edu.kernel import image as img
 from kaiser_edu.kernel.entry import MachineReset, Outcome
-from kaiser_edu.kernel.events import Event, decode_cr3
+from kaiser_edu.kernel.events import Event, cr3_cell, decode_cr3, pgd_half
 from kaiser_edu.kernel.isolation import Kaiser2017, LinuxPTI
 from kaiser_edu.kernel.machine import Kernel, Task
 from kaiser_edu.kernel.tlbstate import PTI_USER_PGTABLE_MASK
@@ -156,7 +156,7 @@ class Step:
         if self.fault:
             result = f"FAULT {self.fault}"
         return (f"#{self.n:<3} {self.label:<21} {self.op:<7} {self.what:<44} "
-                f"{result}  CR3 {_half(self.cr3_after)}")
+                f"{result}  CR3 {cr3_cell(pgd_half(self.cr3_after), None)}")
 
 
 @dataclass
@@ -341,8 +341,8 @@ def walkthrough(kind: str = "syscall", mode: str = "pti", seed: int = 0,
                 breakage: str = "none") -> Walkthrough:
     """Record one transition of ``kind`` on a machine prepared by :func:`prepare`."""
     sc = prepare(kind, mode, seed, breakage)
-    return record(sc.kernel, sc.run, sc.task, kind=kind, mode=mode, breakage=breakage,
-                  notes=sc.notes)
+    return record(sc.kernel, sc.run, sc.task, kind=sc.kind, mode=sc.mode,
+                  breakage=sc.breakage, notes=sc.notes)
 
 
 def prepare(kind: str = "syscall", mode: str = "pti", seed: int = 0,
@@ -356,9 +356,9 @@ def prepare(kind: str = "syscall", mode: str = "pti", seed: int = 0,
     without isolation; no flush to skip in a transition that requests none) leaves the
     machine working, and the notes say why.
     """
-    _check(kind, KINDS, "kind")
-    _check(mode, MODES, "mode")
-    _check(breakage, BREAKAGES, "breakage")
+    check_choice(kind, KINDS, "kind")
+    check_choice(mode, MODES, "mode")
+    check_choice(breakage, BREAKAGES, "breakage")
     if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
         raise KaiserEduError(f"seed must be an integer >= 0, got {seed!r}")
     notes: list[str] = []
@@ -429,7 +429,9 @@ def _transition(k: Kernel, task: Task, kind: str,
     return run
 
 
-def _check(value: str, allowed: dict, what: str) -> None:
+def check_choice(value: str, allowed: dict, what: str) -> None:
+    """A :class:`KaiserEduError` unless ``value`` is a key of ``allowed`` (:data:`KINDS`,
+    :data:`MODES` or :data:`BREAKAGES`); ``what`` names the choice in the message."""
     if value not in allowed:
         raise KaiserEduError(f"unknown {what} {value!r}; allowed: {', '.join(allowed)}")
 
@@ -485,10 +487,6 @@ def _name_of(k: Kernel, va: int, task: Task | None) -> str:
         vma = task.mm.find_vma(va)
         return f"user {vma.name}" if vma is not None else "user (unmapped)"
     return "kernel"
-
-
-def _half(cr3: int) -> str:
-    return "U" if cr3 & PTI_USER_PGTABLE_MASK else "K"
 
 
 # --- explaining each step ---------------------------------------------------------------------

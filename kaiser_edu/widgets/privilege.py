@@ -127,8 +127,7 @@ def privilege_targets(kernel: Kernel) -> list[Target]:
         ("cpu_entry_area (entry stack)", kernel.cea("entry stack"),
          "the per-CPU entry stack, at a fixed address: supervisor RW, NX"),
     ]
-    if audit.translate(kernel.mem, kernel.cr3 & b.phys_addr_mask(kernel.mem.maxphyaddr),
-                       L.VSYSCALL_ADDR) is not None:
+    if audit.translate(kernel.mem, kernel.mmu.regs.pgd_pa, L.VSYSCALL_ADDR) is not None:
         out.append(("vsyscall page", L.VSYSCALL_ADDR,
                     "the legacy vsyscall page, at a fixed address in the kernel half"))
     return [Target(name, va, layout.region_of(va), what) for name, va, what in out]
@@ -252,8 +251,9 @@ class PrivilegeCheck:
         lines.append(f"  walk: {us or '(no table read)'}")
         lines.append(f"  => {self.verdict()}")
         lines.append(f"     rule: {self.rule} - {self.reason}")
-        if self.note():
-            lines.append(f"     {self.note()}")
+        note = self.note()
+        if note:
+            lines.append(f"     {note}")
         return "\n".join(lines)
 
     def html(self) -> str:
@@ -268,7 +268,8 @@ class PrivilegeCheck:
                 "</table>") if cells else "<div>(no table read)</div>"
         color = _view.OK_COLOR if self.allowed else _view.FAULT_COLOR
         mark = "&#10004;" if self.allowed else "&#10008;"
-        note = f"<br><i>{e(self.note())}</i>" if self.note() else ""
+        note = self.note()
+        note = f"<br><i>{e(note)}</i>" if note else ""
         return (f"<div><b>{e(self.settings())}</b><br>"
                 f"<span style='color:#444'>region: {e(self.target.region)} - "
                 f"{e(self.target.what)}</span>{walk}"
@@ -280,7 +281,7 @@ class PrivilegeCheck:
         return self.text()
 
 
-def _rule(view: WalkView, smap: bool, ac: bool) -> str:
+def _rule(view: WalkView) -> str:
     """Which rule of SDM 4.6 decided (the same order as the walk applies them)."""
     r = view.result
     if r.ok:
@@ -298,7 +299,7 @@ def _rule(view: WalkView, smap: bool, ac: bool) -> str:
         return "U/S"
     if r.kind == "fetch":  # CPL < 3 fetching from a user page
         return "SMEP"
-    if r.cpl < 3 and last.user and smap and not ac:
+    if r.cpl < 3 and last.user and view.regs.smap and not view.ac:
         return "SMAP"
     return "R/W"
 
@@ -336,7 +337,7 @@ def privilege_check(
     regs = kernel.mmu.regs
     view = walk_view(_KernelTables(kernel.mem, regs), t.va, access, cpl, ac, wp=regs.wp,
                      smep=smep, smap=smap, nxe=regs.nxe)
-    return PrivilegeCheck(t, cpl, access, smep, smap, ac, regs.cr3, view, _rule(view, smap, ac))
+    return PrivilegeCheck(t, cpl, access, smep, smap, ac, regs.cr3, view, _rule(view))
 
 
 # --- the view ------------------------------------------------------------------------------
@@ -358,10 +359,8 @@ class PrivilegeLab(_view.OutputView, widgets.VBox):
         wide = widgets.Layout(width="auto")
         self.cpl = widgets.ToggleButtons(options=[("CPL 3 (user)", 3), ("CPL 0 (kernel)", 0)],
                                          value=3, description="mode")
-        names = [t.name for t in self.targets]
-        start = "kernel secret (.data)" if "kernel secret (.data)" in names else names[0]
         self.target = widgets.Dropdown(options=[(t.label(), t.name) for t in self.targets],
-                                       value=start, description="target",
+                                       value="kernel secret (.data)", description="target",
                                        layout=widgets.Layout(width="36em"))
         self.access = widgets.ToggleButtons(options=list(ACCESS_KINDS), value="read",
                                             description="access")

@@ -36,6 +36,7 @@ The models are pure functions of a booted :class:`~kaiser_edu.kernel.Kernel`:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import ipywidgets as widgets
@@ -43,7 +44,7 @@ from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
 
 from kaiser_edu.errors import KaiserEduError
 from kaiser_edu.hw import bits as b
-from kaiser_edu.hw.address import canonicalize
+from kaiser_edu.hw.address import canonicalize, table_index
 from kaiser_edu.hw.pgtable import Entry, PageTables
 from kaiser_edu.kernel import audit
 from kaiser_edu.kernel.machine import USER_STACK_TOP, Kernel, Task
@@ -53,8 +54,7 @@ from kaiser_edu.widgets.figures import Figure
 # The isolation modes, as the widget names them (kaiser_edu.kernel.isolation).
 MODES = {"off": "off", "kaiser": "KAISER 2017", "pti": "Linux PTI"}
 DEMO_BUFFER = 0x5000_0000_0000  # the demo process's mmap()ed buffer: a PGD slot of its own
-_PGD_SHIFT = b.level_shift(4)  # 39: PGDIR_SHIFT with 4-level paging
-PGD_SLOT_SIZE = 1 << _PGD_SHIFT  # 512 GiB per PGD entry
+PGD_SLOT_SIZE = 1 << b.level_shift(4)  # 512 GiB per PGD entry (PGDIR_SHIFT = 39)
 KERNEL_PGD_BOUNDARY = audit.PGD_USER_ENTRIES  # slots 256..511 map the kernel half
 
 # How the two copies of one PGD slot relate, with the colour that marks it everywhere.
@@ -256,9 +256,7 @@ def _by_slot(ranges: list[audit.MappedRange]) -> dict[int, list[audit.MappedRang
     """Each range under every PGD slot it overlaps."""
     out: dict[int, list[audit.MappedRange]] = {}
     for r in ranges:
-        first = (r.start >> _PGD_SHIFT) & 0x1FF
-        last = ((r.end - 1) >> _PGD_SHIFT) & 0x1FF
-        for index in range(first, last + 1):
+        for index in range(table_index(r.start, 4), table_index(r.end - 1, 4) + 1):
             out.setdefault(index, []).append(r)
     return out
 
@@ -380,6 +378,7 @@ def walk_both(kernel: Kernel, task: Task | None, va: int) -> list[WalkLevel]:
     task = _task_of(kernel, task)
     if not isinstance(va, int) or isinstance(va, bool) or not 0 <= va < 1 << 64:
         raise KaiserEduError(f"va must be a 64-bit address (int), got {va!r}")
+
     def walk(pgd: int) -> dict[int, Entry]:
         tables = PageTables(kernel.mem, kernel.alloc, pgd_pa=pgd)
         return {e.level: e for e in tables.entries(va)}
@@ -548,7 +547,7 @@ class ShadowPgdExplorer(_view.OutputView, widgets.VBox):
         text.append(self.reach.text())
         _view.show(self.output, "".join(html), "\n".join(text))
 
-    def _safely(self, action) -> None:
+    def _safely(self, action: Callable[[], None]) -> None:
         """Run a callback; show a refusal in the view instead of raising into the browser."""
         try:
             action()

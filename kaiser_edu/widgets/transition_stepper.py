@@ -22,7 +22,7 @@ from __future__ import annotations
 import ipywidgets as widgets
 
 from kaiser_edu.errors import KaiserEduError
-from kaiser_edu.kernel.events import decode_cr3
+from kaiser_edu.kernel.events import cr3_cell, decode_cr3, pgd_half
 from kaiser_edu.kernel.timeline import KERNEL_PGD_COLOR, USER_PGD_COLOR
 from kaiser_edu.kernel.walkthrough import (
     BREAKAGES,
@@ -30,6 +30,7 @@ from kaiser_edu.kernel.walkthrough import (
     MODES,
     Step,
     Walkthrough,
+    check_choice,
     walkthrough,
 )
 from kaiser_edu.widgets import _view
@@ -52,12 +53,6 @@ def _check_position(w: Walkthrough, position: int) -> None:
         raise KaiserEduError(
             f"position must be an integer from 0 (before the first step) to {len(w.steps)} "
             f"(after the last), got {position!r}")
-
-
-def _cr3_fields(cr3: int, pcide: bool) -> dict:
-    d = decode_cr3(cr3, pcide)
-    return {"half": d["half"], "pcid": d["pcid"], "asid": d["asid"],
-            "user_pcid": d["user_pcid"]}
 
 
 def _tlb_text(census: tuple[tuple[str, int], ...]) -> str:
@@ -99,8 +94,9 @@ def _outcome_text(w: Walkthrough) -> str:
 
 
 def _short_cr3(cr3: int, pcide: bool) -> str:
-    f = _cr3_fields(cr3, pcide)
-    return f"{'U' if f['half'] == 'user' else 'K'}" + (f"/{f['pcid']}" if pcide else "")
+    """``K/1``, ``U/2049`` (``K``/``U`` without PCIDs), as the event table prints CR3."""
+    d = decode_cr3(cr3, pcide)
+    return cr3_cell(d["half"], d["pcid"])
 
 
 def render_text(w: Walkthrough, position: int) -> str:
@@ -141,7 +137,7 @@ def _box(label: str, value: str, color: str) -> str:
 
 
 def _cr3_html(step: Step, pcide: bool) -> str:
-    f = _cr3_fields(step.cr3_after, pcide)
+    f = decode_cr3(step.cr3_after, pcide)
     color = USER_PGD_COLOR if f["half"] == "user" else KERNEL_PGD_COLOR
     half = f"{_view.swatch(color)} " + _box(
         "PGD half (bit 12)", f"{f['half']} PGD ({int(f['half'] == 'user')})", color)
@@ -197,8 +193,7 @@ def render_html(w: Walkthrough, position: int) -> str:
             "#", "label", "op", "address", "result", "CR3 after", "logged as"))
         rows = []
         for t in w.steps[:position]:
-            color = USER_PGD_COLOR if decode_cr3(t.cr3_after)["half"] == "user" \
-                else KERNEL_PGD_COLOR
+            color = USER_PGD_COLOR if pgd_half(t.cr3_after) == "user" else KERNEL_PGD_COLOR
             style = "background:#eef" if t.n == position else ""
             cells = (str(t.n), e(t.label), e(t.op), e(t.what), _result_html(t),
                      f"<span style='color:{color}'>{e(_short_cr3(t.cr3_after, w.pcide))}</span>",
@@ -230,10 +225,9 @@ class TransitionStepper(_view.OutputView, widgets.VBox):
 
     def __init__(self, kind: str = "syscall", mode: str = "pti", breakage: str = "none",
                  seed: int = 0) -> None:
-        for value, allowed, what in ((kind, KINDS, "kind"), (mode, MODES, "mode"),
-                                     (breakage, BREAKAGES, "breakage")):
-            if value not in allowed:
-                raise KaiserEduError(f"unknown {what} {value!r}; allowed: {', '.join(allowed)}")
+        check_choice(kind, KINDS, "kind")
+        check_choice(mode, MODES, "mode")
+        check_choice(breakage, BREAKAGES, "breakage")
         self.seed = seed
         self.record: Walkthrough | None = None
         self.error = ""
@@ -309,7 +303,7 @@ class TransitionStepper(_view.OutputView, widgets.VBox):
             _view.show(self.output, render_html(self.record, position),
                        render_text(self.record, position))
         except Exception as exc:  # pragma: no cover - a bug: show it rather than raise
-            _view.show(self.output, f"<pre>{_view.esc(exc)}</pre>", str(exc))
+            _view.show_error(self.output, exc)
 
     def __repr__(self) -> str:
         return (f"TransitionStepper(kind={self.kind.value!r}, mode={self.mode.value!r}, "

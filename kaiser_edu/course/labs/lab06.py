@@ -61,6 +61,7 @@ from kaiser_edu.course.checks import (
 )
 from kaiser_edu.errors import KaiserEduError
 from kaiser_edu.hw import bits as b
+from kaiser_edu.hw.address import U64_MASK as U64
 from kaiser_edu.hw.address import table_index
 from kaiser_edu.hw.pgtable import PageTables
 from kaiser_edu.kernel import audit
@@ -83,7 +84,6 @@ PAGE_SIZE, PMD_SIZE, PUD_SIZE = b.PAGE_SIZE, b.PMD_SIZE, b.PUD_SIZE
 ADDR_MASK = b.phys_addr_mask(52)  # PTE_PFN_MASK: bits 51:12, the next table or the frame
 PTI_CLONE_PMD, PTI_CLONE_PTE = 0, 1  # enum pti_clone_level
 LEVEL_NAMES = {PTI_CLONE_PMD: "PTI_CLONE_PMD", PTI_CLONE_PTE: "PTI_CLONE_PTE"}
-U64 = (1 << 64) - 1
 PAIR = 2 * b.PAGE_SIZE
 
 
@@ -107,7 +107,7 @@ def show_pgd_pair(k: Kernel, mm: Any, indices: Sequence[int]) -> str:
         kv = k.mem.read_qword(mm.pgd + 8 * i)
         uv = k.mem.read_qword(mm.user_pgd + 8 * i)
         lines.append(f"{i:<10}{kv:#018x}    {uv:#018x}    "
-                     f"{'(user half)' if i < 256 else '(kernel half)'}")
+                     f"{'(user half)' if i < audit.PGD_USER_ENTRIES else '(kernel half)'}")
     return "\n".join(lines)
 
 
@@ -151,19 +151,27 @@ def _qword(pa: Any, value: Any = 0) -> tuple[int, int]:
     return addr, val
 
 
-class PgdPairMemory:
-    """The ``mem`` the student's pti_set_user_pgtbl() gets: reads anywhere, writes only in
-    the 8 KiB PGD pair of the entry being set. Records every write."""
+class _StudentMemory:
+    """Physical memory as the student's code sees it: ``read_qword(pa)`` anywhere, with the
+    address validated (:func:`_qword`); subclasses decide where ``write_qword`` may write."""
 
-    def __init__(self, backing: Any, pgdp: int):
+    def __init__(self, backing: Any):
         self._backing = backing
-        self.pgdp = pgdp
-        self.pair = pgdp & ~(PAIR - 1)
-        self.writes: list[tuple[int, int]] = []
 
     def read_qword(self, pa: int) -> int:
         addr, _ = _qword(pa)
         return self._backing.read_qword(addr)
+
+
+class PgdPairMemory(_StudentMemory):
+    """The ``mem`` the student's pti_set_user_pgtbl() gets: reads anywhere, writes only in
+    the 8 KiB PGD pair of the entry being set. Records every write."""
+
+    def __init__(self, backing: Any, pgdp: int):
+        super().__init__(backing)
+        self.pgdp = pgdp
+        self.pair = pgdp & ~(PAIR - 1)
+        self.writes: list[tuple[int, int]] = []
 
     def write_qword(self, pa: int, value: int) -> None:
         addr, val = _qword(pa, value)
@@ -181,16 +189,12 @@ class PgdPairMemory:
         return f"<physical memory, writable in the PGD pair at {self.pair:#x}>"
 
 
-class PhysicalMemory:
+class PhysicalMemory(_StudentMemory):
     """The ``pti.mem`` of :class:`ShadowTables`: read_qword / write_qword, validated."""
 
     def __init__(self, kernel: Kernel):
-        self._mem = kernel.mem
+        super().__init__(kernel.mem)
         self._limit = kernel.ram_bytes
-
-    def read_qword(self, pa: int) -> int:
-        addr, _ = _qword(pa)
-        return self._mem.read_qword(addr)
 
     def write_qword(self, pa: int, value: int) -> None:
         addr, val = _qword(pa, value)
@@ -198,7 +202,7 @@ class PhysicalMemory:
             raise RefusedWrite(f"write_qword({addr:#x}, ...): beyond the machine's RAM "
                                f"({self._limit >> 20} MiB)",
                                "mask an entry with ADDR_MASK to get the table it points to.")
-        self._mem.write_qword(addr, val)
+        self._backing.write_qword(addr, val)
 
     def __repr__(self) -> str:
         return "<physical memory>"
@@ -257,6 +261,20 @@ class BadAnswer(Exception):
     def __init__(self, message: str, hint: str, during: str):
         super().__init__(message)
         self.message, self.hint, self.during = message, hint, during
+
+
+def _call_student(fn: Callable[..., Any], args: tuple, call: str, during: str) -> Any:
+    """``fn(*args)``, the student's code: a refused write becomes :class:`BadAnswer`, any
+    other exception :class:`StudentError` (``call`` and ``during`` say where, for
+    the feedback)."""
+    try:
+        return fn(*args)
+    except RefusedWrite as e:
+        raise BadAnswer(f"{call}: {e.message}", e.hint, during) from e
+    except KeyboardInterrupt:
+        raise
+    except (Exception, SystemExit) as e:
+        raise StudentError(e, during, call) from e
 
 
 def _set_call_text(pgdp: int, pgd: int, nx: bool) -> str:
@@ -354,14 +372,7 @@ def call_set_user_pgtbl(fn: Callable[..., Any], backing: Any, pgdp: int, pgd: in
     expected = engine_set_user_pgtbl(pgdp, pgd, nx_supported, old_kernel, old_user)
     mem = PgdPairMemory(backing, pgdp)
     call = _set_call_text(pgdp, pgd, nx_supported)
-    try:
-        got = fn(pgdp, pgd, mem, nx_supported)
-    except RefusedWrite as e:
-        raise BadAnswer(f"{call}: {e.message}", e.hint, during) from e
-    except KeyboardInterrupt:
-        raise
-    except (Exception, SystemExit) as e:
-        raise StudentError(e, during, call) from e
+    got = _call_student(fn, (pgdp, pgd, mem, nx_supported), call, during)
     value = as_int(got)
     if value is None or not 0 <= value <= U64:
         hint = ("did you forget `return`? Return the value for the kernel copy." if got is None
@@ -443,15 +454,8 @@ def _clone_text(start: int, end: int, level: int) -> str:
 def run_clone(fn: Callable[..., Any], k: Kernel, start: int, end: int, level: int,
               during: str) -> None:
     """Call a student's (or the reference) pti_clone_pgtable on ``k``'s init_mm."""
-    call = _clone_text(start, end, level)
-    try:
-        fn(ShadowTables(k), start, end, level)
-    except RefusedWrite as e:
-        raise BadAnswer(f"{call}: {e.message}", e.hint, during) from e
-    except KeyboardInterrupt:
-        raise
-    except (Exception, SystemExit) as e:
-        raise StudentError(e, during, call) from e
+    _call_student(fn, (ShadowTables(k), start, end, level), _clone_text(start, end, level),
+                  during)
 
 
 def reference_clone_pgtable(k: Kernel, start: int, end: int, level: int) -> None:
@@ -567,7 +571,6 @@ class Machine:
 
     def __init__(self, sc: Scenario, set_user_pgtbl: Callable | None = None,
                  clone: Callable | None = None):
-        self.sc = sc
         self.clone = clone
         self.pti = LabPTI(set_user_pgtbl, clone, cea_pmd=sc.cea_pmd, **sc.options)
         self.tasks: dict[str, Any] = {}
@@ -1015,19 +1018,18 @@ def _sharing_problem(m: Machine, start: int, end: int, level: int) -> str | None
     return None
 
 
-def _clone_hint(ref: Machine, got: Machine, user_diff: list, kern_diff: list,
-                sharing: str | None, clones: list[tuple[int, int, int]]) -> str:
+def _clone_hint(got: Machine, user_diff: list, kern_diff: list, sharing: str | None,
+                clones: list[tuple[int, int, int]]) -> str:
     extra = [(a, b_) for a, b_ in user_diff if a.rights is None and b_.rights]
     missing = [(a, b_) for a, b_ in user_diff if a.rights and b_.rights is None]
     changed = [(a, b_) for a, b_ in user_diff if a.rights and b_.rights]
-    in_range = [(s, e, lvl) for s, e, lvl in clones]
 
     def inside(p: Piece) -> bool:
-        return any(s <= p.start < e or (p.start <= s < p.end) for s, e, _ in in_range)
+        return any(s <= p.start < e or (p.start <= s < p.end) for s, e, _ in clones)
 
     if extra:
         p = extra[0][1]
-        if any(lvl == PTI_CLONE_PTE for *_, lvl in in_range) and \
+        if any(lvl == PTI_CLONE_PTE for *_, lvl in clones) and \
                 p.start & ~(PMD_SIZE - 1) == (p.end - 1) & ~(PMD_SIZE - 1):
             return ("Your shadow maps more than the range: at PTI_CLONE_PTE level copy the "
                     "present PTEs one by one (4 KiB each); copy the whole PMD only when the "
@@ -1128,7 +1130,7 @@ class ClonePgtableCheck(Check):
             lines += _diff_lines(kern_diff)
         if sharing:
             lines.append(f"The copies do not share the entry: {sharing}.")
-        hint = _clone_hint(ref, m, user_diff, kern_diff, sharing, clones)
+        hint = _clone_hint(m, user_diff, kern_diff, sharing, clones)
         lines.append(wrap(f"Hint: {hint}"))
         return "\n".join(lines)
 

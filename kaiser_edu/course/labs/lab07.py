@@ -48,7 +48,9 @@ from kaiser_edu.course.checks import (
     wrap,
 )
 from kaiser_edu.hw import bits as b
+from kaiser_edu.hw.address import U64_MASK as U64
 from kaiser_edu.hw.mmu import OP_NAMES
+from kaiser_edu.kernel.events import decode_cr3
 from kaiser_edu.kernel.machine import Kernel
 from kaiser_edu.kernel.tlbstate import (
     CR3_NOFLUSH,
@@ -66,7 +68,6 @@ __all__ = [
     "kern_pcid", "user_pcid",
 ]
 
-U64 = (1 << 64) - 1
 PCID_FIELD = 0x7FF  # bits 10:0: the kernel PCID (ASID + 1); bit 11 is the user PCID bit
 PGD_FIELD = b.phys_addr_mask(52) & ~PTI_USER_PGTABLE_MASK  # bits 51:13: the 8 KiB PGD pair
 
@@ -99,17 +100,16 @@ def describe_cr3(cr3: int, pcid: bool = True) -> str:
     >>> describe_cr3(0x4002000, pcid=False)
     'PGD pair 0x4002000, kernel PGD, no PCID'
     """
-    half = "user" if cr3 & PTI_USER_PGTABLE_MASK else "kernel"
-    text = f"PGD pair {cr3 & PGD_FIELD:#x}, {half} PGD"
+    d = decode_cr3(cr3, pcid)
+    text = f"PGD pair {cr3 & PGD_FIELD:#x}, {d['half']} PGD"
     if pcid:
-        p = cr3 & b.X86_CR3_PCID_MASK
-        owner = "user PCID" if p & PTI_USER_PCID_MASK else "kernel PCID"
-        asid = (p & PCID_FIELD) - 1
-        text += (f", PCID {p} ({p:#x}, {owner} of ASID {asid})" if asid >= 0
+        p = d["pcid"]
+        owner = "user PCID" if d["user_pcid"] else "kernel PCID"
+        text += (f", PCID {p} ({p:#x}, {owner} of ASID {d['asid']})" if d["asid"] is not None
                  else f", PCID {p} ({p:#x})")
     else:
         text += ", no PCID"
-    return text + (", NOFLUSH" if cr3 & CR3_NOFLUSH else "")
+    return text + (", NOFLUSH" if d["noflush"] else "")
 
 
 def explain_bits(expected: int, got: int) -> list[str]:
@@ -198,10 +198,6 @@ def _user_cr3_read(pgd: int, asid: int, pcid: bool) -> int:
     return pgd | PTI_USER_PGTABLE_MASK | (user_pcid(asid) if pcid else 0)
 
 
-def _kernel_cr3_read(pgd: int, asid: int, pcid: bool) -> int:
-    return pgd | (kern_pcid(asid) if pcid else 0)
-
-
 def _flush_mask(rng: random.Random, asid: int, pending: bool) -> int:
     """A user_pcid_flush_mask with or without this ASID's bit, other ASIDs' bits random."""
     others = [kern_pcid(a) for a in range(TLB_NR_DYN_ASIDS) if a != asid]
@@ -245,7 +241,7 @@ def user_cr3_cases(rng: random.Random) -> list[Case]:
     plan += [(rng.random() < 0.75, rng.random() < 0.5) for _ in range(60)]
     for pcid, pending in plan:
         asid = rng.randrange(TLB_NR_DYN_ASIDS) if pcid else 0
-        cr3 = _kernel_cr3_read(_pgd_pair(rng), asid, pcid)
+        cr3 = engine_build_cr3(_pgd_pair(rng), asid, pcid)  # CR3 as read in the kernel
         mask = _flush_mask(rng, asid, pending) if pcid else 0
         if not pcid:
             note = "exit to user mode, no PCID"
@@ -474,8 +470,8 @@ def _plug(k: Kernel, student: Callable[..., Any]) -> None:
     k.tlbstate = state
 
 
-#: The workload both kernels run: (label, action) pairs; actions take (kernel, tasks).
 def _workload() -> list[tuple[str, Callable[[Kernel, list], Any]]]:
+    """The workload both kernels run: (label, action) pairs; actions take (kernel, tasks)."""
     steps: list[tuple[str, Callable[[Kernel, list], Any]]] = []
 
     def spawn_and_run(n: int) -> Callable[[Kernel, list], Any]:
