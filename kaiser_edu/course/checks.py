@@ -216,6 +216,22 @@ def equal(expected: Any, got: Any) -> bool:
         return False
 
 
+def hex_or_repr(value: Any) -> str:
+    """How feedback shows a value: an integer (numpy too, not bool) in hex, a tuple or list
+    of integers as hex items, anything else as its cleaned repr.
+
+    >>> hex_or_repr(4096), hex_or_repr((1, 255)), hex_or_repr(True), hex_or_repr("x")
+    ('0x1000', '(0x1, 0xff)', 'True', "'x'")
+    """
+    number = as_int(value)
+    if number is not None:
+        return hex(number)
+    if isinstance(value, tuple | list) and value and all(as_int(v) is not None for v in value):
+        inner = ", ".join(hex(as_int(v)) for v in value)
+        return f"({inner})" if isinstance(value, tuple) else f"[{inner}]"
+    return clean(repr(value))
+
+
 def clean(text: str) -> str:
     """Make a message safe to show and stable between runs: no addresses, not too long.
 

@@ -23,7 +23,7 @@ import random
 from collections.abc import Mapping
 from typing import Any
 
-from kaiser_edu.course.checks import Case, Check, as_int
+from kaiser_edu.course.checks import Case, Check, as_int, hex_or_repr
 from kaiser_edu.hw import address as hw
 
 U64 = (1 << 64) - 1
@@ -80,11 +80,6 @@ def _cases(rng: random.Random, expected: Any) -> list[Case]:
             for levels in (4, 5) for va, note in addresses(rng, levels)]
 
 
-def _hex(value: Any) -> str:
-    number = as_int(value)
-    return hex(number) if number is not None else repr(value)
-
-
 def _la57_note(va: int, levels: int) -> str:
     if levels == 5 and hw.is_canonical(va, 5) and not hw.is_canonical(va, 4):
         return (" With 5-level paging (LA57) addresses have 57 bits and the sign bit is bit 56:"
@@ -125,7 +120,7 @@ def _split_hint(case: Case, got: Any) -> str:
         if value is not None and value > 0x1FF:
             text = f"An index is 9 bits (0 to 511), {key} was {value}: mask it. " + text
         return text
-    return f"Compare each field of {_hex(va)} with its bit range."
+    return f"Compare each field of {hex_or_repr(va)} with its bit range."
 
 
 check_split = Check(
@@ -136,7 +131,7 @@ check_split = Check(
     points=2,
     hint=_split_hint,
     seed=1,
-    format_arg=_hex,
+    format_arg=hex_or_repr,
 )
 
 
@@ -154,11 +149,11 @@ def _canonical_hint(case: Case, got: Any) -> str:
         return f"Return True or False. {rule}"
     if case.expected and top:
         return (f"Canonical addresses come in two halves: {bits} all 0 (the lower half) or "
-                f"all 1 (the upper half); {_hex(va)} has them all 1. {rule}")
+                f"all 1 (the upper half); {hex_or_repr(va)} has them all 1. {rule}")
     if case.expected:
-        return (f"The {bits} of {_hex(va)} are all 0: the lower half is canonical. {rule}"
+        return (f"The {bits} of {hex_or_repr(va)} are all 0: the lower half is canonical. {rule}"
                 + _la57_note(va, levels))
-    return (f"The {bits} must all equal bit {n - 1}; for {_hex(va)}, va >> {n - 1} is "
+    return (f"The {bits} must all equal bit {n - 1}; for {hex_or_repr(va)}, va >> {n - 1} is "
             f"{top:#x}, neither 0 nor {ones:#x}. {rule}" + _la57_note(va, levels))
 
 
@@ -170,7 +165,7 @@ check_canonical = Check(
     points=2,
     hint=_canonical_hint,
     seed=2,
-    format_arg=_hex,
+    format_arg=hex_or_repr,
 )
 
 
@@ -190,13 +185,13 @@ def _classify_hint(case: Case, got: Any) -> str:
     if not isinstance(got, str) or got not in CLASSES:
         return "Return one of the strings 'user', 'kernel' or 'non-canonical' (exactly these)."
     if case.expected == "non-canonical":
-        return (f"{_hex(va)} is in the hole between the halves: its {bits} are neither all 0 "
+        return (f"{hex_or_repr(va)} is in the hole between the halves: its {bits} are neither all 0 "
                 "nor all 1. Decide canonical or not first, then which half."
                 + _la57_note(va, levels))
     if case.expected == "user":
-        return (f"The {bits} of {_hex(va)} are all 0: the lower half, where Linux puts user "
+        return (f"The {bits} of {hex_or_repr(va)} are all 0: the lower half, where Linux puts user "
                 "space." + _la57_note(va, levels))
-    return (f"The {bits} of {_hex(va)} are all 1: the upper half, which belongs to the "
+    return (f"The {bits} of {hex_or_repr(va)} are all 1: the upper half, which belongs to the "
             "kernel." + _la57_note(va, levels))
 
 
@@ -208,7 +203,7 @@ check_classify = Check(
     points=2,
     hint=_classify_hint,
     seed=3,
-    format_arg=_hex,
+    format_arg=hex_or_repr,
 )
 
 
@@ -230,9 +225,9 @@ def _canonicalize_hint(case: Case, got: Any) -> str:
     if value & low != va & low:
         return f"Bits {n - 1}:0 must stay as they are: start from va & {low:#x}."
     if va >> (n - 1) & 1:
-        return (f"Bit {n - 1} of {_hex(va)} is 1, so bits 63:{n} must all become 1 "
+        return (f"Bit {n - 1} of {hex_or_repr(va)} is 1, so bits 63:{n} must all become 1 "
                 f"(sign extension): (va & {low:#x}) | {high:#x}.")
-    return (f"Bit {n - 1} of {_hex(va)} is 0, so bits 63:{n} must all become 0: "
+    return (f"Bit {n - 1} of {hex_or_repr(va)} is 0, so bits 63:{n} must all become 0: "
             f"va & {low:#x}.")
 
 
@@ -244,8 +239,8 @@ check_canonicalize = Check(
     points=2,
     hint=_canonicalize_hint,
     seed=4,
-    format_arg=_hex,
-    format_value=_hex,
+    format_arg=hex_or_repr,
+    format_value=hex_or_repr,
 )
 
 CHECKS = (check_split, check_canonical, check_classify, check_canonicalize)

@@ -39,7 +39,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from kaiser_edu.course.checks import Case, Check, CheckResult, as_int
+from kaiser_edu.course.checks import Case, Check, CheckResult, as_int, hex_or_repr
 from kaiser_edu.errors import MappingError
 from kaiser_edu.hw import bits as b
 from kaiser_edu.hw.address import canonicalize, is_canonical, table_index
@@ -424,16 +424,6 @@ class PathCheck(Check):
         return self._with_context(result, case, at)
 
 
-def _hex(value: Any) -> str:
-    number = as_int(value)
-    if number is not None:
-        return hex(number)
-    if isinstance(value, tuple | list) and all(as_int(v) is not None for v in value):
-        inner = ", ".join(hex(as_int(v)) for v in value)
-        return f"({inner})" if isinstance(value, tuple) else f"[{inner}]"
-    return repr(value)
-
-
 def _where(step: WalkStep) -> str:
     return f"the {NAMES[step.level]} at {step.entry_pa:#x}"
 
@@ -649,7 +639,7 @@ def _decode_show(value: Any) -> str:
         return repr(value)
     parts = []
     for key, v in value.items():
-        parts.append(f"{key!r}: {_hex(v) if key == 'address' else repr(v)}")
+        parts.append(f"{key!r}: {hex_or_repr(v) if key == 'address' else repr(v)}")
     return "{" + ", ".join(parts) + "}"
 
 
@@ -720,7 +710,7 @@ check_decode = Check(
     hint=_decode_hint,
     seed=1,
     same=_decode_same,
-    format_arg=_hex,
+    format_arg=hex_or_repr,
     format_value=_decode_show,
 )
 
@@ -762,7 +752,7 @@ def _walk_same(expected: list, got: Any) -> bool:
 def _walk_show(value: Any) -> str:
     if not isinstance(value, list | tuple):
         return repr(value)
-    return "[" + ", ".join(_hex(item) if isinstance(item, list | tuple) else repr(item)
+    return "[" + ", ".join(hex_or_repr(item) if isinstance(item, list | tuple) else repr(item)
                            for item in value) + "]"
 
 
@@ -842,7 +832,7 @@ check_walk = PathCheck(
     hint=_walk_hint,
     seed=2,
     same=_walk_same,
-    format_arg=_hex,
+    format_arg=hex_or_repr,
     format_value=_walk_show,
 )
 
@@ -959,7 +949,7 @@ check_allowed = PathCheck(
     hint=_allowed_hint,
     seed=3,
     same=_bool_same,
-    format_arg=_hex,
+    format_arg=hex_or_repr,
 )
 
 
@@ -1152,7 +1142,7 @@ check_translate = PathCheck(
     hint=_translate_hint,
     seed=4,
     same=_translate_same,
-    format_arg=_hex,
+    format_arg=hex_or_repr,
     format_value=_translate_show,
 )
 

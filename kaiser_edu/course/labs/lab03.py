@@ -67,6 +67,7 @@ from kaiser_edu.course.checks import (
     CheckResult,
     clean,
     describe_exception,
+    hex_or_repr,
     where,
     wrap,
 )
@@ -97,7 +98,7 @@ class Entry:
     last_use: int  # the TLB's clock at the last fill or hit: the LRU age
 
     def __repr__(self) -> str:  # the page number in hex, as everywhere in the lab
-        return (f"Entry(vpn={_hex(self.vpn)}, pcid={self.pcid!r}, "
+        return (f"Entry(vpn={hex_or_repr(self.vpn)}, pcid={self.pcid!r}, "
                 f"is_global={self.is_global!r}, last_use={self.last_use!r})")
 
 
@@ -612,19 +613,12 @@ def _student_set_text(tlb_class: Any, sc: Scenario, before: int, set_index: int,
             elif all(hasattr(e, a) for a in ("vpn", "pcid", "is_global", "last_use")):
                 tag = "global" if e.is_global else f"PCID {e.pcid}"
                 extra = f", pcid={e.pcid}" if e.is_global else ""
-                lines.append(f"page {_hex(e.vpn)} ({tag}{extra}), last_use={e.last_use!r}")
+                lines.append(f"page {hex_or_repr(e.vpn)} ({tag}{extra}), last_use={e.last_use!r}")
             else:
                 lines.append(clean(repr(e)))
         return "\n".join(f"      {line}" for line in lines)
     except Exception as e:  # a TLB that cannot be shown: say so, never crash the check
         return f"      (cannot show your TLB's set {set_index}: {describe_exception(e)})"
-
-
-def _hex(value: Any) -> str:
-    try:
-        return hex(operator.index(value))
-    except TypeError:
-        return clean(repr(value))
 
 
 def _engine_story(sc: Scenario, i: int) -> str:

@@ -44,6 +44,7 @@ from kaiser_edu.course.checks import (
     as_int,
     clean,
     describe_exception,
+    hex_or_repr,
     where,
     wrap,
 )
@@ -132,13 +133,6 @@ def explain_bits(expected: int, got: int) -> list[str]:
             values = f"expected {int(bool(e))}, got {int(bool(g))}"
         lines.append(f"{name:<22} {values}: {meaning}")
     return lines
-
-
-def _hex_or_repr(value: Any) -> str:
-    if isinstance(value, bool):
-        return repr(value)
-    n = as_int(value)
-    return hex(n) if n is not None else clean(repr(value))
 
 
 def _fmt_pair(value: Any) -> str:
@@ -414,8 +408,8 @@ check_build_cr3 = Cr3Check(
     seed=70,
     hint=_build_cr3_hint,
     same=_same_int,
-    format_arg=_hex_or_repr,
-    format_value=_hex_or_repr,
+    format_arg=hex_or_repr,
+    format_value=hex_or_repr,
 )
 
 check_kernel_cr3 = Cr3Check(
@@ -427,8 +421,8 @@ check_kernel_cr3 = Cr3Check(
     seed=71,
     hint=_kernel_cr3_hint,
     same=_same_int,
-    format_arg=_hex_or_repr,
-    format_value=_hex_or_repr,
+    format_arg=hex_or_repr,
+    format_value=hex_or_repr,
 )
 
 
@@ -608,7 +602,7 @@ check_user_cr3 = UserCr3Check(
     seed=72,
     hint=_user_cr3_hint,
     same=_same_pair,
-    format_arg=_hex_or_repr,
+    format_arg=hex_or_repr,
     format_value=_fmt_pair,
     pick=lambda value: _pair(value)[0] if _pair(value) else _int64(value),
 )
