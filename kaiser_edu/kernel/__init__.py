@@ -3,6 +3,7 @@
 - :mod:`~kaiser_edu.kernel.layout`: the x86-64 virtual memory map, KASLR
 - :mod:`~kaiser_edu.kernel.image`: the kernel image (entry text, per-CPU data, a secret)
 - :mod:`~kaiser_edu.kernel.cpu`: CPU models and the pti=on/off/auto decision
+- :mod:`~kaiser_edu.kernel.timing`: the cycle cost of each micro-event, per CPU model
 - :mod:`~kaiser_edu.kernel.mm`: mm_struct, VMAs, page tables with the set_pgd hook
 - :mod:`~kaiser_edu.kernel.isolation`: off, KAISER (2017) and Linux PTI
 - :mod:`~kaiser_edu.kernel.tlbstate`: ASIDs, PCIDs, the deferred user flush (tlb.c)
