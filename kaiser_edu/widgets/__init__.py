@@ -56,6 +56,7 @@ _EXPORTS = {
     "shadow_pgd_figure": "shadow_pgd",
     "user_reachable_kernel": "shadow_pgd",
     "walk_both": "shadow_pgd",
+    "quiz": "quiz",
     "TransitionStepper": "transition_stepper",
     "transition_steps": "transition_stepper",
     "Quiz": "quiz",

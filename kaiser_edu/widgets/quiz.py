@@ -16,6 +16,9 @@ feedback, so a wrong choice is answered with *why* it is wrong, not just "no". T
 
 from __future__ import annotations
 
+import hashlib
+import importlib
+import random
 from dataclasses import dataclass
 
 import ipywidgets as widgets
@@ -112,3 +115,30 @@ class Quiz(widgets.VBox):
 
     def __repr__(self) -> str:
         return f"Quiz({len(self.questions)} questions)"
+
+
+def shuffled(question: Question) -> Question:
+    """The question with its options in a fixed pseudo-random order.
+
+    The order is seeded by the prompt's text, so it is the same on every run and machine
+    (nbval compares it) but the right answer is not always first.
+    """
+    seed = int.from_bytes(hashlib.sha256(question.prompt.encode()).digest()[:8], "big")
+    options = list(question.options)
+    random.Random(seed).shuffle(options)
+    return Question(question.prompt, options)
+
+
+def quiz_questions(lesson: str) -> list[Question]:
+    """The shuffled questions of a lesson (``"06"``), from :mod:`kaiser_edu.widgets.quizzes`."""
+    name = f"kaiser_edu.widgets.quizzes.lesson{lesson}"
+    try:
+        module = importlib.import_module(name)
+    except ModuleNotFoundError:
+        raise KaiserEduError(f"no quiz for lesson {lesson!r} (expected module {name})") from None
+    return [shuffled(q) for q in module.QUESTIONS]
+
+
+def quiz(lesson: str, title: str = "Check yourself") -> Quiz:
+    """The quiz of a lesson, ready to display: ``quiz("06")`` in the lesson's last cell."""
+    return Quiz(quiz_questions(lesson), title)
