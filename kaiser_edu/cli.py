@@ -1,15 +1,21 @@
 """The ``kaiser-edu`` command: one entry point, one module per subcommand.
 
 Each subcommand lives with the code it drives and provides two functions:
-``add_arguments(parser)`` and ``run(args) -> int`` (the exit status). Building the parser
-imports every subcommand module, so those modules keep heavy imports (numba, notebooks)
-inside ``run`` and ``kaiser-edu --help`` stays quick.
+``add_arguments(parser)`` and ``run(args) -> int`` (the exit status). ``main`` imports only
+the module of the subcommand named on the command line (``kaiser-edu --help`` and
+``--version`` import none), so a subcommand whose module pulls in numba does not slow the
+others; the modules still keep heavy imports (numba, notebooks) inside ``run``, so that
+``kaiser-edu COMMAND --help`` is quick too.
+
+Output cut short by the reader (``kaiser-edu practice ... | head``) ends the command
+quietly, as with other Unix tools, instead of with a BrokenPipeError traceback.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 # name -> (module, one-line help)
@@ -24,26 +30,49 @@ SUBCOMMANDS = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The ``kaiser-edu`` parser. Every subcommand is listed, but only ``only``'s module is
+    imported to add its options (``""``: none; ``None``: every module, for tools that want
+    them all)."""
+    from kaiser_edu import __version__
+
     parser = argparse.ArgumentParser(
         prog="kaiser-edu",
         description="An interactive course on x86-64 paging and kernel page-table isolation.",
     )
+    parser.add_argument("--version", action="version", version=f"kaiser-edu {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module, help_text) in SUBCOMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         p.set_defaults(_module=module)
-        importlib.import_module(module).add_arguments(p)
+        if only is None or only == name:
+            importlib.import_module(module).add_arguments(p)
     return parser
 
 
+def _command_named(argv: list[str]) -> str | None:
+    """The subcommand in ``argv``: its first word not starting with '-' (the top-level
+    options, --help and --version, take no value)."""
+    return next((word for word in argv if not word.startswith("-")), None)
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(only=_command_named(argv) or "")  # "": no module at all
     args = parser.parse_args(argv)
     if not getattr(args, "_module", None):
         parser.print_help()
         return 2
-    return importlib.import_module(args._module).run(args)
+    try:
+        status = importlib.import_module(args._module).run(args)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # The reader went away (`| head`). Point stdout at /dev/null so that Python's own
+        # flush at exit does not report the same error, and exit as a process killed by
+        # SIGPIPE would (128 + 13), like other tools in a pipeline.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
+    return status
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ synthetic "INVPCID type 1 usable"), which must not be read as ``invpcid``.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -191,14 +192,115 @@ def test_numba_jit_works_and_is_timed():
     assert doctor.jit_finding().explanation == "already compiled in this Python process"
 
 
-def test_numba_cache_dir(monkeypatch, tmp_path):
-    from numba.core import config
+def test_numba_cache_is_where_numba_itself_put_it(tmp_path):
+    """The location comes from the MMU kernel's own cache object: in a fresh process with
+    NUMBA_CACHE_DIR, a folder under it; without, next to the sources."""
+    import os
+    import subprocess
+    import sys
 
-    monkeypatch.setattr(config, "CACHE_DIR", str(tmp_path / "cache"))
-    f = doctor.numba_cache_finding()
-    assert (f.status, f.value) == (OK, str(tmp_path / "cache"))
-    monkeypatch.setattr(config, "CACHE_DIR", "")
-    assert "__pycache__" in doctor.numba_cache_finding().value
+    code = ("from kaiser_edu.course import doctor; f = doctor.numba_cache_finding(); "
+            "print(f.status, f.value, sep='|'); print(f.explanation)")
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "cache"))
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                         text=True, check=True, timeout=120).stdout.splitlines()
+    status, value = out[0].split("|")
+    assert status == OK and Path(value).parent == tmp_path / "cache", out
+    assert out[1].startswith("set by NUMBA_CACHE_DIR")
+    env.pop("NUMBA_CACHE_DIR")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                         text=True, check=True, timeout=120).stdout.splitlines()
+    assert out[0].split("|")[1].endswith("__pycache__") or "UserWide" in out[1]
+
+
+@pytest.mark.parametrize(("locator", "words"), [
+    ("UserWideCacheLocator", "read-only"),
+    ("InTreeCacheLocator", "next to the package's sources"),
+    ("UserProvidedCacheLocator", "NUMBA_CACHE_DIR"),
+    ("SomeFutureLocator", "chosen by numba (SomeFutureLocator)"),
+])
+def test_numba_cache_explains_why_there(tmp_path, locator, words):
+    f = doctor.numba_cache_finding((str(tmp_path / "c"), locator))
+    assert (f.status, f.value) == (OK, str(tmp_path / "c")) and words in f.explanation
+
+
+def test_numba_cache_unknown_location_is_said(tmp_path):
+    assert doctor.numba_cache_finding(None).value == "unknown"
+
+
+# --- the Jupyter server's widgets ---------------------------------------------------------
+def _fake_proc(root: Path, processes: dict[int, tuple[int, list[str]]]) -> Path:
+    """A /proc with the given pid -> (ppid, command line) (only stat and cmdline)."""
+    for pid, (ppid, cmdline) in processes.items():
+        d = root / str(pid)
+        d.mkdir(parents=True)
+        (d / "stat").write_text(f"{pid} (some name) S {ppid} 1 1 0 -1\n")
+        (d / "cmdline").write_bytes(b"\0".join(a.encode() for a in cmdline) + b"\0")
+    return root
+
+
+def _fake_python(path: Path, prints: str) -> str:
+    path.write_text(f"#!/bin/sh\necho '{prints}'\n")
+    path.chmod(0o755)
+    return str(path)
+
+
+def test_server_found_among_the_ancestors_with_widgets(tmp_path):
+    python = _fake_python(tmp_path / "python3.11", "3.0.17")
+    proc = _fake_proc(tmp_path / "proc", {
+        40: (30, ["/bin/bash"]), 30: (20, [python, "/env/bin/jupyter-lab", "--port=8888"]),
+        20: (1, ["/sbin/init"])})
+    server = doctor.find_jupyter_server(pid=40, proc=proc, environ={})
+    assert server == (30, [python, "/env/bin/jupyter-lab", "--port=8888"])
+    f = doctor.server_widgets_finding(server, proc=proc)
+    assert (f.status, f.value) == (OK, "jupyterlab_widgets 3.0.17") and python in f.explanation
+
+
+def test_kernel_finds_its_server_by_jpy_parent_pid_and_it_lacks_widgets(tmp_path):
+    python = _fake_python(tmp_path / "python3", "")
+    proc = _fake_proc(tmp_path / "proc", {
+        7: (1, [python, "-m", "jupyterhub-singleuser"]), 50: (1, ["/usr/bin/python3"])})
+    server = doctor.find_jupyter_server(pid=50, proc=proc, environ={"JPY_PARENT_PID": "7"})
+    assert server is not None and server[0] == 7
+    f = doctor.server_widgets_finding(server, proc=proc)
+    assert f.status == WARN and "missing" in f.value and "IntSlider" in f.explanation
+
+
+def test_server_whose_python_cannot_be_run_cannot_tell(tmp_path):
+    proc = _fake_proc(tmp_path / "proc", {9: (1, ["/nonexistent/python3", "-m", "jupyter_server"])})
+    f = doctor.server_widgets_finding((9, ["/nonexistent/python3", "-m", "jupyter_server"]),
+                                      proc=proc)
+    assert f.status == INFO and f.value.startswith("cannot tell")
+
+
+def test_no_server_says_it_cannot_tell(tmp_path):
+    proc = _fake_proc(tmp_path / "proc", {5: (1, ["/bin/bash"])})
+    assert doctor.find_jupyter_server(pid=5, proc=proc, environ={}) is None
+    f = doctor.server_widgets_finding(None)
+    assert f.status == INFO and f.value.startswith("cannot tell")
+    assert "jupyterlab_widgets" in f.explanation
+
+
+def test_a_real_server_process_is_found_through_proc(tmp_path):
+    """A real parent process started as `jupyter-lab` (a script run through its shebang,
+    as pip installs it) runs the check in a child: it finds that parent and asks this very
+    Python, which has jupyterlab_widgets."""
+    import subprocess
+    import sys
+
+    if not Path("/proc/self/stat").exists():
+        pytest.skip("no /proc on this system")
+    script = tmp_path / "jupyter-lab"
+    script.write_text(
+        f"#!{sys.executable}\nimport subprocess, sys\n"
+        "code = 'from kaiser_edu.course import doctor; f = doctor.server_widgets_finding(); "
+        "print(f.status, f.value, sep=chr(124))'\n"
+        "sys.exit(subprocess.call([sys.executable, '-c', code]))\n")
+    script.chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if k != "JPY_PARENT_PID"}
+    out = subprocess.run([str(script)], capture_output=True, text=True, check=True,
+                         timeout=120, env=env).stdout.strip()
+    assert out == f"{OK}|jupyterlab_widgets {doctor._version('jupyterlab_widgets')}", out
 
 
 def test_missing_optional_package_is_a_warning(monkeypatch):

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from kaiser_edu.cli import main
-from kaiser_edu.course import lab_cli
+from kaiser_edu.course import materials
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -57,10 +57,33 @@ def test_a_missing_lesson_names_the_ones_that_exist(capsys):
     assert "no lesson 42" in err and "available: 00, 01" in err
 
 
-def test_a_folder_without_the_course_is_refused(tmp_path, capsys):
-    assert main(["lab", "--dir", str(tmp_path), "--dry-run"]) == 2
-    err = capsys.readouterr().err
-    assert "no course found" in err and str(tmp_path) in err and "--dir" in err
+def test_an_empty_folder_gets_the_course_copied_once(tmp_path, capsys):
+    """--dir naming a folder without the course: this checkout's course is copied there
+    (every course file, byte for byte, writable) and the folder is opened."""
+    work = tmp_path / "mycourse"
+    assert main(["lab", "--dir", str(work), "--dry-run"]) == 0  # a dry run copies nothing
+    assert "would prepare" in capsys.readouterr().err and not work.exists()
+    assert main(["lab", "--dir", str(work), "--prepare-only"]) == 0
+    out = capsys.readouterr().out
+    assert f"Copied the course ({len(materials.course_files(REPO))} files) into {work}" in out
+    assert materials.course_files(work) == materials.course_files(REPO)
+    for rel in materials.course_files(REPO):
+        assert (work / rel).read_bytes() == (REPO / rel).read_bytes(), rel
+    assert set(materials.read_manifest(work)) == set(materials.course_files(REPO))
+    command = dry_run(capsys, "--dir", str(work))
+    assert f"--ServerApp.root_dir={work}" in command and command[-1] == "notebooks/00_tour.ipynb"
+    assert main(["lab", "--dir", str(work), "--prepare-only"]) == 0  # the second time
+    assert "up to date" in capsys.readouterr().out
+
+
+def test_no_browser_and_port_go_to_jupyter(capsys):
+    command = dry_run(capsys, "--no-browser", "--port", "9999")
+    assert command[-3:] == ["--no-browser", "--port=9999", "notebooks/00_tour.ipynb"]
+
+
+def test_update_in_the_checkout_itself_is_refused(capsys):
+    assert main(["lab", "--update", "--dry-run"]) == 2
+    assert "git pull" in capsys.readouterr().err
 
 
 def test_lesson_and_lab_exclude_each_other(capsys):
@@ -75,7 +98,112 @@ def test_a_copy_of_the_course_elsewhere_is_found_with_dir(tmp_path, capsys):
     command = dry_run(capsys, "--dir", str(tmp_path))
     assert f"--ServerApp.root_dir={tmp_path.resolve()}" in command
     assert command[-1] == "notebooks/00_tour.ipynb"
-    assert lab_cli.course_root(tmp_path) == tmp_path.resolve()
+    assert main(["lab", "--dir", str(tmp_path), "--prepare-only"]) == 0
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["00_tour.ipynb", "notebooks"]
+    # not copied by kaiser-edu lab: no manifest, so it cannot tell edits, and refuses
+    assert main(["lab", "--dir", str(tmp_path), "--update"]) == 2
+    assert "did not copy" in capsys.readouterr().err
+
+
+# --- installed from a wheel: the course comes from the package --------------------------
+def _course(root: Path, files: dict[str, str]) -> Path:
+    for rel, text in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(text)
+    return root
+
+
+@pytest.fixture
+def pip_installed(tmp_path, monkeypatch):
+    """As after `pip install kaiser-edu`: the package is no checkout, its course is in
+    kaiser_edu/materials/ (here a small fake one), HOME is empty, cwd holds no course."""
+    packaged = _course(tmp_path / "site-packages" / "kaiser_edu" / "materials", {
+        "notebooks/00_tour.ipynb": "tour v1", "notebooks/01_virtual_addresses.ipynb": "01 v1",
+        "exercises/lab01_addresses.ipynb": "lab01 v1",
+        "solutions/lab01_addresses.ipynb": "sol01 v1", "examples/scenarios/a.json": "{}"})
+    monkeypatch.setattr(materials, "CHECKOUT_DIR", tmp_path / "site-packages")
+    monkeypatch.setattr(materials, "PACKAGED_DIR", packaged)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    return packaged
+
+
+def test_pip_install_copies_into_home_on_first_use(pip_installed, tmp_path, capsys):
+    work = tmp_path / "home" / "kaiser-edu-course"
+    command = dry_run(capsys)  # the default folder, and the tour in it
+    assert f"--ServerApp.root_dir={work}" in command and command[-1] == "notebooks/00_tour.ipynb"
+    (pip_installed / "notebooks" / "00_tour.ipynb").chmod(0o444)  # site-packages read-only
+    assert main(["lab", "--prepare-only"]) == 0
+    out = capsys.readouterr().out
+    assert f"Copied the course (5 files) into {work}" in out and "kaiser-edu lab --dir" in out
+    assert (work / "exercises" / "lab01_addresses.ipynb").read_text() == "lab01 v1"
+    assert os.stat(work / "notebooks" / "00_tour.ipynb").st_mode & 0o200  # the copy is not
+
+
+def test_update_brings_new_and_untouched_files_and_keeps_edited_ones(pip_installed, tmp_path,
+                                                                      capsys):
+    work = tmp_path / "home" / "kaiser-edu-course"
+    assert main(["lab", "--prepare-only"]) == 0
+    (work / "exercises" / "lab01_addresses.ipynb").write_text("lab01 + my answers")
+    (work / "notebooks" / "01_virtual_addresses.ipynb").write_text("01 + my notes")
+    (work / "my_own.ipynb").write_text("mine")
+    # a newer package: lesson 00, lab 01 and lesson 01 changed, lesson 05 and lab 05 new
+    _course(pip_installed, {"notebooks/00_tour.ipynb": "tour v2",
+                            "exercises/lab01_addresses.ipynb": "lab01 v2",
+                            "notebooks/01_virtual_addresses.ipynb": "01 v2",
+                            "notebooks/05_meltdown.ipynb": "05 v1",
+                            "exercises/lab05_meltdown.ipynb": "lab05 v1"})
+    capsys.readouterr()
+    # without --update: nothing changes, the news is announced
+    assert main(["lab", "--prepare-only"]) == 0
+    assert "5 course file(s) new or changed" in capsys.readouterr().out
+    assert (work / "notebooks" / "00_tour.ipynb").read_text() == "tour v1"
+    assert not (work / "notebooks" / "05_meltdown.ipynb").exists()
+    # --update: new and untouched files come in, edited ones stay and are named
+    assert main(["lab", "--update", "--prepare-only"]) == 0
+    out = capsys.readouterr().out
+    assert (work / "notebooks" / "00_tour.ipynb").read_text() == "tour v2"
+    assert (work / "notebooks" / "05_meltdown.ipynb").read_text() == "05 v1"
+    assert (work / "exercises" / "lab05_meltdown.ipynb").read_text() == "lab05 v1"
+    assert (work / "exercises" / "lab01_addresses.ipynb").read_text() == "lab01 + my answers"
+    assert (work / "notebooks" / "01_virtual_addresses.ipynb").read_text() == "01 + my notes"
+    assert (work / "my_own.ipynb").read_text() == "mine"
+    assert "Updated (you had not changed them): notebooks/00_tour.ipynb" in out
+    assert ("Left alone because you edited them" in out
+            and "exercises/lab01_addresses.ipynb" in out
+            and "notebooks/01_virtual_addresses.ipynb" in out)
+    assert "New in the course" in out and "notebooks/05_meltdown.ipynb" in out
+    # once more: the edited ones are still named, the rest is in step
+    assert main(["lab", "--update", "--prepare-only"]) == 0
+    out = capsys.readouterr().out
+    assert "Updated" not in out and "New in the course" not in out
+    assert "exercises/lab01_addresses.ipynb" in out
+
+
+def test_a_file_the_student_restored_by_hand_counts_as_untouched(pip_installed, tmp_path):
+    """Only content matters: an edit undone (same bytes as copied) may be updated."""
+    work = tmp_path / "home" / "kaiser-edu-course"
+    assert main(["lab", "--prepare-only"]) == 0
+    (work / "exercises" / "lab01_addresses.ipynb").write_text("lab01 v1")
+    _course(pip_installed, {"exercises/lab01_addresses.ipynb": "lab01 v2"})
+    report = materials.prepare(pip_installed, work, update=True)
+    assert report.updated == ["exercises/lab01_addresses.ipynb"] and not report.kept_edited
+
+
+def test_the_current_folder_is_used_when_it_holds_the_course(pip_installed, tmp_path, capsys):
+    here = _course(tmp_path / "elsewhere", {"notebooks/00_tour.ipynb": "a checkout's tour"})
+    command = dry_run(capsys)
+    assert f"--ServerApp.root_dir={here}" in command
+
+
+def test_no_course_anywhere_is_one_clear_error(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(materials, "CHECKOUT_DIR", tmp_path / "a")
+    monkeypatch.setattr(materials, "PACKAGED_DIR", tmp_path / "b")
+    monkeypatch.chdir(tmp_path)
+    assert main(["lab", "--dir", str(tmp_path / "w"), "--prepare-only"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no course found" in err and "pip install" in err
 
 
 def _free_port() -> int:

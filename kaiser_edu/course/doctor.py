@@ -7,7 +7,10 @@ list); :func:`format_report` turns it into the text the command prints. Three gr
 1. the software: kaiser_edu, Python, numpy, numba, ipywidgets, JupyterLab;
 2. numba at work: a tiny machine (one page mapped, one access) run through the MMU kernel,
    timing the first call - the compile, or the load from numba's on-disk cache - and where
-   that cache lives;
+   that cache really lives (numba's own choice: NUMBA_CACHE_DIR, next to the sources, or
+   the user's cache when the package's folder is read-only, as on a hub); then whether
+   the *Jupyter server's* environment has jupyterlab_widgets, which draws the widgets
+   (the kernel's having ipywidgets is not enough), or that it cannot tell;
 3. the host: Linux's verdict on Meltdown (/sys/devices/system/cpu/vulnerabilities/meltdown)
    and the ``pti``, ``pcid`` and ``invpcid`` flags of /proc/cpuinfo, explained.
 
@@ -81,24 +84,176 @@ def software_findings() -> list[Finding]:
     return findings
 
 
-# --- numba --------------------------------------------------------------------------------
-def numba_cache_finding() -> Finding:
-    """Where numba keeps compiled kernels, and whether it can write there."""
+# --- the Jupyter server's environment -------------------------------------------------------
+# Widgets are drawn by the *server's* JupyterLab, from the jupyterlab_widgets extension in the
+# server's environment; the kernel (where ipywidgets runs) may be another environment. On a
+# JupyterHub the two often differ, and a server without the extension shows every widget as
+# text such as "IntSlider(value=0)": the most common "widgets do not work" on a hub.
+PROC = Path("/proc")
+WIDGETS_DIST = "jupyterlab_widgets"
+_VERSION_OF = ("import importlib.metadata as m\n"
+               "try: print(m.version({dist!r}))\n"
+               "except m.PackageNotFoundError: print('')")
+
+
+def _proc_parent(pid: int, proc: Path) -> int | None:
+    stat = read_text(proc / str(pid) / "stat")
+    if not stat:
+        return None
+    fields = stat[stat.rfind(")") + 2:].split()  # after "pid (comm) ": state, ppid, ...
+    return int(fields[1]) if len(fields) > 1 and fields[1].isdigit() else None
+
+
+def _cmdline(pid: int, proc: Path) -> list[str]:
     try:
-        from numba.core import config
-    except Exception as exc:  # numba missing or broken: reported by the JIT check
-        return Finding("numba cache", WARN, "unknown", f"numba could not be imported: {exc}")
-    where = config.CACHE_DIR
-    if not where:
-        return Finding("numba cache", INFO, "next to the package sources (__pycache__)",
-                       "set NUMBA_CACHE_DIR to choose a directory (`make` uses .numba_cache)")
+        raw = (proc / str(pid) / "cmdline").read_bytes()
+    except OSError:
+        return []
+    return [part.decode(errors="replace") for part in raw.split(b"\0") if part]
+
+
+def find_jupyter_server(pid: int | None = None, proc: Path = PROC,
+                        environ: dict[str, str] | None = None) -> tuple[int, list[str]] | None:
+    """The Jupyter server this process runs under: (pid, command line), or None.
+
+    A kernel knows its server's pid (jupyter_client's launcher sets JPY_PARENT_PID); a
+    terminal opened in JupyterLab has the server among its ancestors. So: that pid first,
+    then the chain of parents, taking the first whose command line names Jupyter.
+    """
+    environ = os.environ if environ is None else environ
+    pid = os.getpid() if pid is None else pid
+    candidates = []
+    if environ.get("JPY_PARENT_PID", "").isdigit():
+        candidates.append(int(environ["JPY_PARENT_PID"]))
+    seen, current = set(), _proc_parent(pid, proc)
+    while current and current not in seen and len(seen) < 64:
+        seen.add(current)
+        candidates.append(current)
+        current = _proc_parent(current, proc)
+    for candidate in candidates:
+        command = _cmdline(candidate, proc)
+        if any("jupyter" in part.lower() for part in command[:3]):
+            return candidate, command
+    return None
+
+
+def server_python(pid: int, command: list[str], proc: Path = PROC) -> str | None:
+    """The interpreter running the server: its command line's first word when that is a
+    Python (a ``jupyter-lab`` script started through its shebang has the environment's own
+    python there, which /proc/PID/exe, resolving a venv's symlink, would lose), else
+    /proc/PID/exe."""
+    first = command[0] if command else ""
+    if os.path.isabs(first) and "python" in os.path.basename(first) and os.path.exists(first):
+        return first
+    try:
+        return os.readlink(proc / str(pid) / "exe")
+    except OSError:
+        return None
+
+
+def widgets_version_of(python: str) -> str | None:
+    """jupyterlab_widgets' version in ``python``'s environment ('' if not installed), or
+    None if that interpreter cannot be run from here."""
+    if python == sys.executable:
+        return _version(WIDGETS_DIST) or ""
+    import subprocess
+
+    try:
+        out = subprocess.run([python, "-c", _VERSION_OF.format(dist=WIDGETS_DIST)],
+                             capture_output=True, text=True, timeout=30, check=True)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip()
+
+
+def server_widgets_finding(server: tuple[int, list[str]] | None | bool = True,
+                           proc: Path = PROC) -> Finding:
+    """Does the environment of the Jupyter server showing the lessons have
+    jupyterlab_widgets? ``server``: :func:`find_jupyter_server`'s answer (``True``: look)."""
+    name = "server widgets"
+    if server is True:
+        server = find_jupyter_server(proc=proc)
+    if server is None:
+        here = _version(WIDGETS_DIST)
+        return Finding(name, INFO, "cannot tell: not running under a Jupyter server",
+                       "`kaiser-edu lab` starts JupyterLab on this Python, whose environment "
+                       + (f"has {WIDGETS_DIST} {here}, so widgets will work there. "
+                          if here else f"LACKS {WIDGETS_DIST}: widgets would show as text. ")
+                       + "On a JupyterHub, run this check from a notebook or a terminal inside "
+                         "JupyterLab to test the hub's own server.")
+    pid, command = server
+    python = server_python(pid, command, proc)
+    version = widgets_version_of(python) if python else None
+    if version is None:
+        return Finding(name, INFO, f"cannot tell (server pid {pid})",
+                       f"the server's Python ({python or 'unknown'}) cannot be run from here "
+                       "to ask; if widgets show as text such as IntSlider(...), the server's "
+                       f"environment needs {WIDGETS_DIST} (pip install ipywidgets there)")
+    if not version:
+        return Finding(name, WARN, f"{WIDGETS_DIST} missing in the server's environment",
+                       f"the Jupyter server (pid {pid}, {python}) cannot draw widgets: they "
+                       f"show as text such as IntSlider(...). Install {WIDGETS_DIST} (it comes "
+                       "with ipywidgets) in the server's environment - on a hub, ask its "
+                       "admin - and reload the page.")
+    return Finding(name, OK, f"{WIDGETS_DIST} {version}",
+                   f"in the environment of the Jupyter server (pid {pid}, {python}): "
+                   "widgets are drawn")
+
+
+# --- numba --------------------------------------------------------------------------------
+# How numba chose where to cache (its locator classes, numba/core/caching.py), for a student.
+CACHE_LOCATORS = {
+    "UserProvidedCacheLocator": "set by NUMBA_CACHE_DIR",
+    "InTreeCacheLocator": "next to the package's sources (__pycache__)",
+    "UserWideCacheLocator": (
+        "your own cache folder: the package's folder is read-only (a system-wide or "
+        "hub-wide install), so numba keeps compiled kernels per user"),
+    "InTreeCacheLocatorFsAgnostic": "next to the package's sources (__pycache__)",
+    "IPythonCacheLocator": "IPython's cache folder",
+    "ZipCacheLocator": "the user cache (the package is imported from a zip file)",
+}
+
+
+def numba_cache_location() -> tuple[str, str] | None:
+    """Where numba caches the MMU kernel in *this* process, as numba itself decided it (the
+    kernel's cache object): (folder, locator class name); None if that cannot be read.
+
+    numba picks the first of its locators that works: NUMBA_CACHE_DIR if set, else
+    ``__pycache__`` next to the source if writable, else the per-user cache folder (what a
+    read-only site-packages on a hub gets). Reading the choice from the kernel's own cache
+    object reports that real folder instead of guessing from the configuration.
+    """
+    from kaiser_edu.hw import mmu_kernels
+
+    cache = getattr(mmu_kernels.run_trace, "_cache", None)
+    path = getattr(cache, "_cache_path", None)
+    locator = getattr(getattr(cache, "_impl", None), "locator", None)
+    if not path or locator is None:
+        return None
+    return str(path), type(locator).__name__
+
+
+def numba_cache_finding(location: tuple[str, str] | None | bool = True) -> Finding:
+    """Where numba keeps compiled kernels, why there, and whether it can write there.
+    ``location`` is :func:`numba_cache_location`'s answer (``True``: ask it now)."""
+    if location is True:
+        try:
+            location = numba_cache_location()
+        except Exception as exc:  # numba missing or broken: reported by the JIT check
+            return Finding("numba cache", WARN, "unknown", f"numba could not be imported: {exc}")
+    if location is None:
+        return Finding("numba cache", INFO, "unknown",
+                       "this numba does not say where it caches; set NUMBA_CACHE_DIR to choose")
+    where, locator = location
+    why = CACHE_LOCATORS.get(locator, f"chosen by numba ({locator})")
     path = Path(where)
-    probe = path if path.exists() else path.parent
+    probe = next((p for p in (path, *path.parents) if p.exists()), path)
     if os.access(probe, os.W_OK):
         return Finding("numba cache", OK, str(path),
-                       "compiled kernels are saved here and loaded on the next start")
+                       f"{why}; compiled kernels are saved here and loaded on the next start")
     return Finding("numba cache", WARN, f"{path} (not writable)",
-                   "numba cannot save compiled kernels: every start compiles them again")
+                   f"{why}; numba cannot save compiled kernels there, so every start compiles "
+                   "them again: set NUMBA_CACHE_DIR to a folder you can write")
 
 
 def jit_finding() -> Finding:
@@ -256,6 +411,7 @@ def environment_report(
     if run_jit:
         findings.append(jit_finding())
     findings.append(numba_cache_finding())
+    findings.append(server_widgets_finding())
     findings.append(meltdown_finding(meltdown_path))
     findings.extend(cpu_flag_findings(cpuinfo_path))
     return findings
