@@ -3,7 +3,8 @@
 #   make lab     create .venv if needed, then open the course in JupyterLab
 #   make test    create .venv if needed, then run every check (what CI runs)
 #   make bench   measure the simulator (kaiser-edu bench)
-#   make lint    ruff only (likewise make pytest, make notebooks, make browser: one step each)
+#   make lint    ruff only (likewise make pytest, make notebooks, make browser, make pip-path:
+#                one step each)
 #   make clean   remove caches and build output (keeps .venv)
 #
 # The environment is a plain venv made with the machine's python3, with the package
@@ -40,10 +41,10 @@ NBVAL_OPTS := --nbval --nbval-current-env --nbval-sanitize-with tests/nbval_sani
 LESSONS := $(wildcard notebooks/*.ipynb)
 
 .PHONY: help venv lab test lint pytest notebooks browser property-nojit property-boundscheck \
-        bench clean
+        bench clean pip-path
 
 help:
-	@sed -n '3,8s/^# //p' $(firstword $(MAKEFILE_LIST))
+	@sed -n '3,9s/^# //p' $(firstword $(MAKEFILE_LIST))
 
 # --- the environment ----------------------------------------------------------------------
 
@@ -80,7 +81,7 @@ bench: $(STAMP)
 # bounds checking on. Those two reruns use fewer hypothesis examples and their own numba
 # caches: numba does not key its cache on NUMBA_BOUNDSCHECK, so a shared cache would hand
 # back kernels compiled without checks.
-test: lint pytest notebooks browser property-nojit property-boundscheck
+test: lint pytest notebooks browser property-nojit property-boundscheck pip-path
 	@echo "== make test: all checks passed"
 
 lint: $(STAMP)
@@ -131,6 +132,14 @@ property-nojit: $(STAMP)
 
 property-boundscheck: $(STAMP)
 	$(call run_property_tests,NUMBA_BOUNDSCHECK=1,boundscheck)
+
+# The pip path, as a student on a JupyterHub takes it (.ci/pip_path.py): build the sdist and
+# the wheel from it, install the wheel non-editable into a fresh venv outside the checkout,
+# `kaiser-edu lab --dir TMP --prepare-only`, JupyterLab serving the tour (timed from the
+# start of pip install), nbval on one lesson and one lab of the copy, `kaiser-edu check` on
+# the copied exercise and solution. About 3 minutes; KEEP=1 keeps the temporary folder.
+pip-path: $(STAMP)
+	PYTHON='$(PYTHON)' $(BIN)/python .ci/pip_path.py
 
 # --- housekeeping -------------------------------------------------------------------------
 

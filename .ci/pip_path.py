@@ -1,0 +1,230 @@
+"""The pip path, end to end, as a student on a JupyterHub takes it (`make pip-path`).
+
+1. Build the sdist, then the wheel from the sdist (`python -m build`), and check that the
+   wheel carries every course file of the checkout (kaiser_edu/materials/).
+2. Make a fresh venv outside the checkout and install the wheel into it, non-editable,
+   with nothing from this checkout on the path.
+3. `kaiser-edu lab --dir COURSE --prepare-only`: the course is copied out of the package.
+4. Start `kaiser-edu lab --dir COURSE --no-browser` and wait until JupyterLab serves the
+   tour: the time from the start of `pip install` to here is the student's wait.
+5. nbval on one lesson and one lab of the copy, and `kaiser-edu check` on the copied
+   exercise (nothing attempted: exit 1, and says so) and solution (all passed: exit 0).
+
+Prints each step's wall-clock time and the CPU time of the processes it ran, the wheel's
+size and contents. Run by this checkout's .venv Python (which has `build`); the fresh venv
+is made with PYTHON (default: python3). KEEP=1 keeps the temporary folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import zipfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "kaiser_edu" / "course"))
+import materials  # noqa: E402  (stdlib only; the same list of course files as the build)
+
+LESSON = "notebooks/01_virtual_addresses.ipynb"
+LAB = "exercises/lab01_addresses.ipynb"
+SOLUTION = "solutions/lab01_addresses.ipynb"
+
+
+def children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+class Step:
+    """Times a step: wall clock and the CPU time of the child processes it waited for."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def __enter__(self) -> Step:
+        print(f"== pip path: {self.name}", flush=True)
+        self.wall, self.cpu = time.monotonic(), children_cpu()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if exc[0] is None:
+            print(f"   {self.name}: {time.monotonic() - self.wall:.1f} s wall, "
+                  f"{children_cpu() - self.cpu:.1f} s CPU", flush=True)
+
+
+def run(command: list[str], *, expect: int = 0, **kwargs) -> subprocess.CompletedProcess:
+    result = subprocess.run(command, text=True, capture_output=True, **kwargs)
+    if result.returncode != expect:
+        sys.exit(f"FAILED (exit {result.returncode}, expected {expect}): "
+                 f"{' '.join(command)}\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}")
+    return result
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def main() -> int:
+    work = Path(tempfile.mkdtemp(prefix="kaiser-edu-pip-path."))
+    try:
+        return pip_path(work)
+    finally:
+        if os.environ.get("KEEP"):
+            print(f"   kept {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def pip_path(work: Path) -> int:
+    start = time.monotonic()
+    pip_cache = run([sys.executable, "-m", "pip", "cache", "dir"]).stdout.strip()
+    # The student's world: no checkout on any path, a HOME of their own, no numba cache
+    # chosen for them (numba picks its default, as it would on a hub).
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("PYTHONPATH", "NUMBA_CACHE_DIR", "VIRTUAL_ENV", "JPY_PARENT_PID")}
+    env.update(HOME=str(work / "home"), PIP_CACHE_DIR=pip_cache,
+               PIP_DISABLE_PIP_VERSION_CHECK="1", JUPYTER_CONFIG_DIR=str(work / "jcfg"),
+               JUPYTER_RUNTIME_DIR=str(work / "jrun"),
+               JUPYTERLAB_SETTINGS_DIR=str(work / "jsettings"),
+               JUPYTERLAB_WORKSPACES_DIR=str(work / "jws"))
+    (work / "home").mkdir()
+
+    with Step("build the sdist, and the wheel from it"):
+        run([sys.executable, "-m", "build", "--outdir", str(work / "dist"), str(REPO)])
+        (wheel,) = (work / "dist").glob("kaiser_edu-*.whl")
+        (sdist,) = (work / "dist").glob("kaiser_edu-*.tar.gz")
+    check_wheel(wheel, sdist)
+
+    venv, course = work / "venv", work / "course"
+    bin_ = venv / "bin"
+    with Step("fresh venv and pip install of the wheel (non-editable)"):
+        run([os.environ.get("PYTHON", "python3"), "-m", "venv", str(venv)], cwd=work, env=env)
+        install_start = time.monotonic()
+        run([str(bin_ / "python"), "-m", "pip", "install", "--quiet", str(wheel)],
+            cwd=work, env=env)
+    where = run([str(bin_ / "python"), "-c", "import kaiser_edu; print(kaiser_edu.__file__)"],
+                cwd=work, env=env).stdout.strip()
+    assert where.startswith(str(venv)) and "site-packages" in where, where
+    print(f"   kaiser_edu imported from {where}")
+
+    with Step("kaiser-edu lab --dir COURSE --prepare-only"):
+        out = run([str(bin_ / "kaiser-edu"), "lab", "--dir", str(course), "--prepare-only"],
+                  cwd=work, env=env).stdout
+        expected = materials.course_files(REPO)
+        assert f"Copied the course ({len(expected)} files) into {course}" in out, out
+        assert materials.course_files(course) == expected
+        print(f"   {out.splitlines()[0]}")
+    with Step("kaiser-edu lab --no-browser: JupyterLab serves the tour"):
+        tour_open = serve_the_tour(bin_, course, work, env) - install_start
+    print(f"   from `pip install` to the tour served by JupyterLab: {tour_open:.1f} s wall")
+
+    with Step("kaiser-edu --version, --help in the fresh venv"):
+        version = run([str(bin_ / "kaiser-edu"), "--version"], cwd=work, env=env).stdout
+        run([str(bin_ / "kaiser-edu"), "--help"], cwd=work, env=env)
+        print(f"   {version.strip()}")
+
+    with Step("kaiser-edu doctor in the fresh venv: the first numba compile, and its cache"):
+        report = run([str(bin_ / "kaiser-edu"), "doctor"], cwd=work, env=env).stdout
+        lines = report.splitlines()
+        for i, line in enumerate(lines):
+            if "numba JIT" in line or "numba cache" in line:
+                print(f"   {line.strip()}  ({lines[i + 1].strip()})")
+        assert "Ready: everything the course needs works." in report, report
+
+    with Step("install pytest and nbval into the fresh venv (CI only, not the student's)"):
+        run([str(bin_ / "python"), "-m", "pip", "install", "--quiet", "pytest", "nbval"],
+            cwd=work, env=env)
+    with Step(f"nbval on {LESSON} and {LAB} of the copy"):
+        result = run([str(bin_ / "python"), "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                      "--rootdir", str(course), "--nbval", "--nbval-current-env",
+                      "--nbval-sanitize-with", str(REPO / "tests" / "nbval_sanitize.cfg"),
+                      "--nbval-cell-timeout=300", LESSON, LAB], cwd=course, env=env)
+        print(f"   {result.stdout.strip().splitlines()[-1]}")
+    with Step(f"kaiser-edu check on the copied {LAB} (exit 1) and {SOLUTION} (exit 0)"):
+        exercise = run([str(bin_ / "kaiser-edu"), "check", LAB], cwd=course, env=env, expect=1)
+        assert "not attempted" in exercise.stdout.lower(), exercise.stdout[-2000:]
+        solution = run([str(bin_ / "kaiser-edu"), "check", SOLUTION], cwd=course, env=env)
+        print(f"   exercise: {exercise.stdout.strip().splitlines()[-1]}")
+        print(f"   solution: {solution.stdout.strip().splitlines()[-1]}")
+
+    print(f"== pip path: all passed in {time.monotonic() - start:.0f} s "
+          f"({children_cpu():.0f} s CPU in child processes)")
+    return 0
+
+
+def check_wheel(wheel: Path, sdist: Path) -> None:
+    """The wheel holds every course file of the checkout, byte for byte."""
+    prefix = "kaiser_edu/materials/"
+    with zipfile.ZipFile(wheel) as zf:
+        infos = zf.infolist()
+        shipped = {i.filename[len(prefix):]: zf.read(i) for i in infos
+                   if i.filename.startswith(prefix)}
+    expected = materials.course_files(REPO)
+    missing, extra = set(expected) - set(shipped), set(shipped) - set(expected)
+    assert not missing and not extra, f"wheel: missing {sorted(missing)}, extra {sorted(extra)}"
+    for rel in expected:
+        assert shipped[rel] == (REPO / rel).read_bytes(), f"wheel's {rel} differs"
+    by_folder: dict[str, list[int]] = {}
+    for info in infos:
+        parts = info.filename.split("/")
+        key = "/".join(parts[:3]) if info.filename.startswith(prefix) else parts[0]
+        entry = by_folder.setdefault(key, [0, 0])
+        entry[0] += 1
+        entry[1] += info.file_size
+    print(f"   wheel {wheel.name}: {wheel.stat().st_size / 1e6:.2f} MB compressed, "
+          f"{sum(i.file_size for i in infos) / 1e6:.2f} MB unpacked, {len(infos)} files; "
+          f"sdist {sdist.stat().st_size / 1e6:.2f} MB")
+    for key, (count, size) in sorted(by_folder.items()):
+        print(f"     {key:40} {count:3} files {size / 1e3:8.0f} kB")
+
+
+def serve_the_tour(bin_: Path, course: Path, work: Path, env: dict[str, str]) -> float:
+    """Start `kaiser-edu lab` on a free port; return the time (monotonic) at which the
+    server first serves the tour notebook and the JupyterLab page that opens it."""
+    port, token = free_port(), "kaiser-edu-pip-path"
+    server = subprocess.Popen(
+        [str(bin_ / "kaiser-edu"), "lab", "--dir", str(course), "--no-browser",
+         "--port", str(port), "--", "--ServerApp.ip=127.0.0.1",
+         f"--IdentityProvider.token={token}"],
+        cwd=work, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                url = f"{base}/api/contents/notebooks/00_tour.ipynb?content=0&token={token}"
+                with urllib.request.urlopen(url, timeout=2) as reply:
+                    assert json.load(reply)["type"] == "notebook"
+                page = f"{base}/lab/tree/notebooks/00_tour.ipynb?token={token}"
+                with urllib.request.urlopen(page, timeout=5) as reply:
+                    assert reply.status == 200 and b"JupyterLab" in reply.read()
+                return time.monotonic()
+            except OSError:
+                if server.poll() is not None:
+                    sys.exit(f"FAILED: kaiser-edu lab exited: {server.stderr.read()[-4000:]}")
+                if time.monotonic() > deadline:
+                    sys.exit("FAILED: JupyterLab did not serve the tour within 120 s")
+                time.sleep(0.2)
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
