@@ -256,3 +256,12 @@ def _serve_and_stop(server: subprocess.Popen, url: str) -> None:
     assert "00_tour.ipynb" in names and "07_entry_exit_pti.ipynb" in names
     with pytest.raises(OSError):  # stopping the command stopped the server: no orphan
         urllib.request.urlopen(url, timeout=2)
+
+
+def test_a_damaged_record_is_one_clear_error(pip_installed, tmp_path, capsys):
+    work = tmp_path / "home" / "kaiser-edu-course"
+    assert main(["lab", "--prepare-only"]) == 0
+    (work / materials.MANIFEST).write_text("{not json")
+    assert main(["lab", "--update", "--prepare-only"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "damaged" in err and materials.MANIFEST in err

@@ -43,6 +43,7 @@ import sys
 from pathlib import Path
 
 from kaiser_edu.course import materials
+from kaiser_edu.errors import KaiserEduError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -90,7 +91,8 @@ def _pick(folder: Path, prefix: str, what: str) -> Path:
     if matches:
         return matches[0]
     have = sorted(p.name.split("_")[0] for p in folder.glob("*.ipynb"))
-    raise ValueError(f"no {what} {prefix} in {folder}; available: {', '.join(have) or 'none'}")
+    raise KaiserEduError(
+        f"no {what} {prefix} in {folder}; available: {', '.join(have) or 'none'}")
 
 
 def notebook_to_open(root: Path, lesson: int | None, lab: int | None) -> Path | None:
@@ -115,7 +117,7 @@ def lab_command(root: Path, notebook: Path | None, extra: list[str]) -> list[str
     return command
 
 
-class NoCourse(ValueError):
+class NoCourse(KaiserEduError):
     """No course to open, or a request this folder cannot honour: one line for the user."""
 
 
@@ -160,7 +162,7 @@ def run(args: argparse.Namespace) -> int:
         listing, message = prepare_folder(workdir, source, update=args.update,
                                           dry_run=args.dry_run)
         notebook = notebook_to_open(listing, args.lesson, args.lab)
-    except (NoCourse, ValueError) as exc:
+    except KaiserEduError as exc:
         print(f"kaiser-edu lab: {exc}", file=sys.stderr)
         return 2
     if message:  # a dry run keeps stdout for the command alone

@@ -30,6 +30,11 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
+try:  # the package's error type; setup.py loads this file alone, without the package
+    from kaiser_edu.errors import KaiserEduError
+except ImportError:  # pragma: no cover - only while building
+    KaiserEduError = ValueError
+
 # The repository's course folders, as the README's layout names them.
 COURSE_FOLDERS = ("notebooks", "exercises", "solutions", "examples")
 # What the folders may hold that is not course material (editor and Jupyter leftovers).
@@ -120,8 +125,16 @@ def read_manifest(workdir: Path) -> dict[str, str] | None:
     path = workdir / MANIFEST
     if not path.is_file():
         return None
-    data = json.loads(path.read_text(encoding="utf-8"))
-    return dict(data.get("files", {}))
+    try:
+        files = json.loads(path.read_text(encoding="utf-8"))["files"]
+        if not all(isinstance(k, str) and isinstance(v, str) for k, v in files.items()):
+            raise TypeError("not a mapping of paths to hashes")
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise KaiserEduError(
+            f"{path} is damaged ({exc}): it should be the JSON record kaiser-edu lab wrote. "
+            "Delete it to open the folder as it is (your files stay; --update then refuses, "
+            "as it can no longer tell your edits)") from None
+    return dict(files)
 
 
 def _write_manifest(workdir: Path, files: dict[str, str], version: str) -> None:
