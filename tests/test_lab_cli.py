@@ -265,3 +265,23 @@ def test_a_damaged_record_is_one_clear_error(pip_installed, tmp_path, capsys):
     assert main(["lab", "--update", "--prepare-only"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "damaged" in err and materials.MANIFEST in err
+
+
+def test_an_interrupted_first_copy_is_finished_next_time(pip_installed, tmp_path, monkeypatch):
+    work = tmp_path / "home" / "kaiser-edu-course"
+    real_copy, copied = materials.shutil.copyfile, []
+
+    def copy_two_then_fail(src, dst):
+        if len(copied) == 2:
+            raise KeyboardInterrupt
+        copied.append(dst)
+        return real_copy(src, dst)
+
+    monkeypatch.setattr(materials.shutil, "copyfile", copy_two_then_fail)
+    with pytest.raises(KeyboardInterrupt):
+        main(["lab", "--prepare-only"])
+    monkeypatch.setattr(materials.shutil, "copyfile", real_copy)
+    report = materials.prepare(pip_installed, work)
+    assert report.first_time and len(report.copied) == 3
+    assert materials.course_files(work) == materials.course_files(pip_installed)
+    assert not materials.prepare(pip_installed, work).first_time

@@ -122,11 +122,19 @@ class Preparation:
 def read_manifest(workdir: Path) -> dict[str, str] | None:
     """The hashes recorded when files were copied into ``workdir``; None if it has no
     manifest (not a folder made by :func:`prepare`)."""
+    record = _read_record(workdir)
+    return None if record is None else record[0]
+
+
+def _read_record(workdir: Path) -> tuple[dict[str, str], bool] | None:
+    """(hashes, complete) from the manifest; None if there is none. ``complete`` is False
+    while a first copy is under way, so that an interrupted one is finished next time."""
     path = workdir / MANIFEST
     if not path.is_file():
         return None
     try:
-        files = json.loads(path.read_text(encoding="utf-8"))["files"]
+        data = json.loads(path.read_text(encoding="utf-8"))
+        files = data["files"]
         if not all(isinstance(k, str) and isinstance(v, str) for k, v in files.items()):
             raise TypeError("not a mapping of paths to hashes")
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
@@ -134,13 +142,14 @@ def read_manifest(workdir: Path) -> dict[str, str] | None:
             f"{path} is damaged ({exc}): it should be the JSON record kaiser-edu lab wrote. "
             "Delete it to open the folder as it is (your files stay; --update then refuses, "
             "as it can no longer tell your edits)") from None
-    return dict(files)
+    return dict(files), data.get("complete", True) is True
 
 
-def _write_manifest(workdir: Path, files: dict[str, str], version: str) -> None:
+def _write_manifest(workdir: Path, files: dict[str, str], version: str,
+                    complete: bool = True) -> None:
     data = {"about": "Written by `kaiser-edu lab`: the SHA-256 of each course file as it was "
                      "copied here, so that --update can tell your edits from untouched files.",
-            "kaiser_edu": version, "files": dict(sorted(files.items()))}
+            "kaiser_edu": version, "complete": complete, "files": dict(sorted(files.items()))}
     (workdir / MANIFEST).write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
 
 
@@ -162,9 +171,8 @@ def prepare(source: Path, workdir: Path, *, update: bool = False, dry_run: bool 
     read-only.
     """
     workdir = workdir.expanduser().resolve()
-    recorded = read_manifest(workdir)
-    report = Preparation(workdir, first_time=recorded is None)
-    recorded = dict(recorded or {})
+    recorded, complete = _read_record(workdir) or ({}, False)
+    report = Preparation(workdir, first_time=not complete)
     plan: list[str] = []
     for rel in course_files(source):
         theirs, ours = workdir / rel, source / rel
@@ -187,14 +195,15 @@ def prepare(source: Path, workdir: Path, *, update: bool = False, dry_run: bool 
             plan.append(rel)
         else:
             report.kept_edited.append(rel)
-    if dry_run:
+    if dry_run or not (plan or report.first_time):
         return report
+    workdir.mkdir(parents=True, exist_ok=True)
+    if report.first_time:  # an interrupted first copy is resumed, not taken for a course
+        _write_manifest(workdir, recorded, version, complete=False)
     for rel in plan:
         target = workdir / rel
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(source / rel, target)
         recorded[rel] = sha256(target)
-    if plan or report.first_time:
-        workdir.mkdir(parents=True, exist_ok=True)
-        _write_manifest(workdir, recorded, version)
+    _write_manifest(workdir, recorded, version)
     return report
