@@ -156,6 +156,7 @@ def test_readme_binder_badge_and_nbgitpuller_link_use_the_project_urls():
     repo = PROJECT["urls"]["Source"]
     assert "hub/user-redirect/git-pull?repo=" + repo.replace(":", "%3A").replace("/", "%2F") \
         in readme, "README must document the nbgitpuller link for this repository"
+    assert f"git+{repo}" in readme  # pip from the repository, until a release is on PyPI
 
 
 def test_version_option(capsys):
