@@ -213,6 +213,27 @@ def test_numba_cache_is_where_numba_itself_put_it(tmp_path):
     assert out[0].split("|")[1].endswith("__pycache__") or "UserWide" in out[1]
 
 
+def test_a_read_only_package_folder_gives_the_user_cache(tmp_path):
+    """As on a hub where site-packages is read-only (simulated: numba's in-tree locator
+    cannot write, as it would find; root ignores file modes), numba falls back to the
+    per-user cache folder, and the doctor names that folder and says why."""
+    import subprocess
+    import sys
+
+    code = ("import numba.core.caching as c\n"
+            "def read_only(self):\n    raise PermissionError('read-only file system')\n"
+            "c.InTreeCacheLocator.ensure_cache_path = read_only\n"
+            "from kaiser_edu.course import doctor\n"
+            "f = doctor.numba_cache_finding()\nprint(f.value)\nprint(f.explanation)")
+    env = {k: v for k, v in os.environ.items() if k not in ("NUMBA_CACHE_DIR", "XDG_CACHE_HOME")}
+    env["HOME"] = str(tmp_path)
+    value, explanation = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True,
+        timeout=120).stdout.splitlines()[:2]
+    assert value.startswith(str(tmp_path / ".cache" / "numba")), value
+    assert "read-only" in explanation and "per user" in explanation
+
+
 @pytest.mark.parametrize(("locator", "words"), [
     ("UserWideCacheLocator", "read-only"),
     ("InTreeCacheLocator", "next to the package's sources"),
