@@ -137,7 +137,8 @@ property-boundscheck: $(STAMP)
 # the wheel from it, install the wheel non-editable into a fresh venv outside the checkout,
 # `kaiser-edu lab --dir TMP --prepare-only`, JupyterLab serving the tour (timed from the
 # start of pip install), nbval on one lesson and one lab of the copy, `kaiser-edu check` on
-# the copied exercise and solution. About 3 minutes; KEEP=1 keeps the temporary folder.
+# the copied exercise and solution; then binder/postBuild and a session through binder/start
+# in that venv. About 100 s of CPU (3 minutes on 2 idle cores); KEEP=1 keeps the folder.
 pip-path: $(STAMP)
 	PYTHON='$(PYTHON)' $(BIN)/python .ci/pip_path.py
 

@@ -11,6 +11,9 @@
    start of `pip install` to here is the student's wait.
 5. nbval on one lesson and one lab of the copy, and `kaiser-edu check` on the copied
    exercise (nothing attempted: exit 1, and says so) and solution (all passed: exit 0).
+6. Binder's steps in that venv: binder/postBuild as repo2docker runs it (install from the
+   checkout, compile the numba kernels into the image's cache), then a session started
+   through binder/start, whose first MMU call must load the kernels from that cache.
 
 Prints each step's wall-clock time and the CPU time of the processes it ran, the wheel's
 size and contents. Run by this checkout's .venv Python (which has `build`); the fresh venv
@@ -162,6 +165,17 @@ def pip_path(work: Path) -> int:
         solution = run([str(bin_ / "kaiser-edu"), "check", SOLUTION], cwd=course, env=env)
         print(f"   exercise: {exercise.stdout.strip().splitlines()[-1]}")
         print(f"   solution: {solution.stdout.strip().splitlines()[-1]}")
+
+    # Last, as it reinstalls kaiser_edu in the venv from the checkout, as Binder does.
+    with Step("Binder: binder/postBuild in the venv, then a session through binder/start"):
+        binder_env = dict(env, PATH=f"{bin_}:{env['PATH']}", NB_PYTHON_PREFIX=str(venv))
+        run(["bash", str(REPO / "binder" / "postBuild")], cwd=REPO, env=binder_env)
+        session = run([str(REPO / "binder" / "start"), "kaiser-edu", "doctor"], cwd=work,
+                      env=binder_env).stdout
+        assert "loaded from numba's cache" in session, session
+        for line in session.splitlines():
+            if line.startswith("[") and ("numba JIT" in line or "numba cache" in line):
+                print(f"   {line}")
 
     print(f"== pip path: all passed in {time.monotonic() - start:.0f} s "
           f"({children_cpu():.0f} s CPU in child processes)")
