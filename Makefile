@@ -138,7 +138,8 @@ property-boundscheck: $(STAMP)
 # `kaiser-edu lab --dir TMP --prepare-only`, JupyterLab serving the tour (timed from the
 # start of pip install), nbval on one lesson and one lab of the copy, `kaiser-edu check` on
 # the copied exercise and solution; then binder/postBuild and a session through binder/start
-# in that venv. About 100 s of CPU (3 minutes on 2 idle cores); KEEP=1 keeps the folder.
+# in that venv. It prints each step's wall and CPU time (about 100 s of CPU in all; the wall
+# time depends on the machine's load). KEEP=1 keeps the temporary folder.
 pip-path: $(STAMP)
 	PYTHON='$(PYTHON)' $(BIN)/python .ci/pip_path.py
 
