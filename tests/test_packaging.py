@@ -102,29 +102,50 @@ def test_matplotlib_comes_as_matplotlib_base_on_conda_forge():
         assert "matplotlib-base" in deps and "matplotlib" not in deps, path
 
 
+def _imports(tree: ast.AST, top_level: bool) -> set[str]:
+    """Top-level module names imported in ``tree``: at module level (``top_level``, also
+    inside a module-level try/if), or anywhere inside a function or class."""
+    found = set()
+    nodes = ast.walk(tree)
+    if top_level:
+        nodes = [n for stmt in tree.body if not isinstance(
+                 stmt, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef)
+                 for n in ast.walk(stmt)]
+    for node in nodes:
+        if isinstance(node, ast.Import):
+            found |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found.add(node.module.split(".")[0])
+    return found
+
+
 def test_the_direct_imports_of_the_package_are_declared():
-    """Every third-party module kaiser_edu imports is a declared dependency (by import
-    name), so a non-editable install in a clean environment has them all."""
-    import_names = {"numpy": "numpy", "numba": "numba", "matplotlib": "matplotlib",
-                    "ipywidgets": "ipywidgets", "nbformat": "nbformat",
-                    "nbclient": "nbclient", "jupyter_client": "jupyter-client",
-                    "zmq": "pyzmq", "traitlets": "traitlets", "ipykernel": "ipykernel",
-                    "tqdm": "tqdm", "IPython": "ipython"}
-    imported = set()
-    for path in (REPO / "kaiser_edu").rglob("*.py"):
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            if isinstance(node, ast.Import):
-                imported |= {alias.name.split(".")[0] for alias in node.names}
-            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-                imported.add(node.module.split(".")[0])
+    """Every third-party module kaiser_edu imports comes from a declared distribution, so a
+    non-editable install in a clean environment has it: modules imported at module level
+    from pyproject's dependencies; modules imported lazily, inside a function, from the
+    dependencies or an extra (an optional feature). The import name -> distribution map is
+    the installed packages' own (importlib.metadata.packages_distributions)."""
+    from importlib.metadata import packages_distributions
+
+    providers = packages_distributions()
+    required = {_split(r)[0] for r in PROJECT["dependencies"]}
+    optional = {_split(r)[0] for extra in PROJECT["optional-dependencies"].values()
+                for r in extra}
     stdlib = set(sys.stdlib_module_names) | {"kaiser_edu", "__future__"}
-    third_party = imported - stdlib
-    unknown = third_party - set(import_names)
-    assert not unknown, f"kaiser_edu imports {sorted(unknown)}: declare them and list them here"
-    declared = {_split(r)[0] for r in PROJECT["dependencies"]}
-    # IPython comes with ipykernel, which the notebooks' kernel is.
-    missing = {import_names[m] for m in third_party} - declared - {"ipython"}
-    assert not missing, f"imported but not in pyproject's dependencies: {sorted(missing)}"
+    problems = []
+    for path in sorted((REPO / "kaiser_edu").rglob("*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        top = _imports(tree, top_level=True) - stdlib
+        lazy = _imports(tree, top_level=False) - stdlib - top
+        for modules, allowed, where in ((top, required, "dependencies"),
+                                        (lazy, required | optional, "dependencies or extras")):
+            for module in sorted(modules):
+                dists = {_normalise(d) for d in providers.get(module, [])}
+                if not dists & allowed:
+                    problems.append(f"{path.relative_to(REPO)} imports {module} "
+                                    f"(from {sorted(dists) or 'nothing installed'}), "
+                                    f"not in pyproject's {where}")
+    assert not problems, "\n".join(problems)
 
 
 # --- licence and metadata ---------------------------------------------------------------
