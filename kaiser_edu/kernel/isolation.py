@@ -229,7 +229,7 @@ class Kaiser2017(_ShadowPgd):
             k.mem.write_qword(shadow | index << 3, new | b.KERNPG_TABLE)
         glob = b.PAGE_GLOBAL if self.shared_global() else 0
         for name, va, size, flags in k.cea_pages():
-            self.kaiser_add_mapping(va, size, flags | glob, name)
+            self.kaiser_add_mapping(va, size, (flags & ~b.PAGE_GLOBAL) | glob, name)
         tss = k.image.percpu("cpu_tss_rw")
         self.kaiser_add_mapping(tss, b.PAGE_SIZE, b.PAGE_KERNEL, "percpu TSS")
         if self.map_entry_text:

@@ -230,7 +230,8 @@ class Kernel:
     def _map_cpu_entry_area(self) -> None:
         glob = b.PAGE_GLOBAL if self.isolation.shared_global() else 0
         for name, va, size, flags in self.cea_pages():
-            self.kernel_tables.map(va, self._cea_backing(name), size, flags | glob)
+            self.kernel_tables.map(va, self._cea_backing(name), size,
+                                   (flags & ~b.PAGE_GLOBAL) | glob)
 
     def _map_espfix(self) -> None:
         self.kernel_tables.map(L.ESPFIX_BASE_ADDR, self.alloc.alloc(), b.PAGE_SIZE,
