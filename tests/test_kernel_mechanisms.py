@@ -434,8 +434,10 @@ def test_under_isolation_only_shared_mappings_are_global(mode):
     """PTI clears _PAGE_GLOBAL on the image and keeps it off every other kernel mapping
     (a global TLB entry would stay usable on the user CR3); what both tables map anyway,
     the cpu_entry_area and the entry-text PMD, is global "in both copies"
-    (pti_clone_pgtable())."""
-    k, task = running(mode)
+    (pti_clone_pgtable()). Hansen's KAISER also made shared pages global; the Graz patch
+    had no global pages at all (tests/test_kernel_versions.py)."""
+    extra = {"isolation": Kaiser2017(variant="hansen"), "pcid": False} if mode == "kaiser" else {}
+    k, task = running(mode, **extra)
     assert isolation_violations(k, task.mm, check_global=True) == []
     kernel, user = kernel_ranges(k, task.mm.pgd), kernel_ranges(k, task.mm.user_pgd)
     for va in (k.image.secret, k.image.symbol("do_syscall_64"), k.layout.page_offset):
