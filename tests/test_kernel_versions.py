@@ -162,6 +162,18 @@ def test_graz_has_no_pcids_and_no_global_pages_hansen_has_both():
     assert hansen.kernel_tables.leaf(idt).value & b.PAGE_GLOBAL
 
 
+def test_graz_builds_the_shadow_kernel_half_with_page_table_hansen_with_kernpg_table():
+    """Hansen's core patch: "Use _KERNPG_TABLE, not _PAGE_TABLE when creating mappings for
+    the kernel in the shadow (user) page tables." The leaf PTEs have no U bit in either, so
+    user mode still cannot reach the pages (the audit tests above)."""
+    low = b.PAGE_ACCESSED | b.PAGE_DIRTY
+    for variant, flags in (("graz", b.PAGE_TABLE), ("hansen", b.KERNPG_TABLE)):
+        k = Kernel(isolation=Kaiser2017(variant=variant), seed=0)
+        entries = [k.mem.read_qword(k.init_mm.user_pgd + 8 * i) for i in range(256, 512)]
+        assert all(e & b.PAGE_PRESENT for e in entries)  # kaiser_init() pre-populates all
+        assert {e & 0xFFF & ~low for e in entries} == {flags & ~low}, variant
+
+
 def test_a_missed_cr3_switch_is_a_user_bit_fault_under_graz():
     k, task = running("kaiser", isolation=Kaiser2017(variant="graz"))
     k.entry.skip_switch_to_user_cr3 = True
@@ -326,3 +338,13 @@ def test_docstrings_name_versions_not_a_mix():
     assert "97e3d26b5e5f" in layout.__doc__
     assert "as of Linux 6.6" not in (cpu.pti_decision.__doc__ or "")
     assert "e2efc8e7d36a" in cpu.pti_decision.__doc__
+
+
+# --- finding 9 and the README ------------------------------------------------------------------
+def test_the_readme_names_the_default_version_and_does_not_overclaim_the_sdm():
+    from pathlib import Path
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    design = readme[readme.index("## Design decisions"):]
+    assert f"Which Linux: {DEFAULT_LINUX} by default" in design
+    assert "since Linux 6.6 (pti= wins over mitigations=off)" not in readme
+    assert "model's choice" in design[design.index("bit 63 while CR4.PCIDE=0"):][:600]

@@ -10,8 +10,11 @@
   ``kaiser_remove_mapping()`` only unmaps (``unmap_pud_range()``, no TLB flush).
   ``variant="hansen"``: Dave Hansen's series (v1 posted 31 Oct 2017): NX on the kernel copy
   instead of clearing U, pages mapped in both tables may be global, PCIDs when the CPU has
-  them, ``kaiser_remove_mapping()`` followed by a TLB flush, and entry on a trampoline stack
-  instead of the process stack (the v2 changelog), so no stack mappings. Kernel ranges go
+  them, ``kaiser_remove_mapping()`` followed by a TLB flush, _KERNPG_TABLE (no U) in the
+  shadow's kernel half, and entry on a trampoline stack instead of the process stack, so no
+  stack mappings (v2 cover letter, 8 Nov 2017: "Use trampoline stack instead of process
+  stack at entry so no longer need to map process stack"; core patch of 10 Nov 2017: "Use
+  new entry trampoline instead of mapping process stacks."). Kernel ranges go
   into the shadow one by one with ``kaiser_add_mapping()`` in both.
 * :class:`LinuxPTI`: page table isolation as merged (arch/x86/mm/pti.c): the same pair,
   ``pti_set_user_pgtbl()``, and a fixed set of clones made once at boot (the cpu_entry_area
@@ -102,6 +105,9 @@ class _ShadowPgd(Isolation):
     """What KAISER and PTI share: the PGD pair and the mirroring of user entries."""
 
     pgd_pair = True
+    # Non-leaf entries of the kernel half of the shadow: _KERNPG_TABLE (no U bit); the Graz
+    # KAISER patch used _PAGE_TABLE there (Kaiser2017 overrides it for that variant).
+    shadow_table_flags = b.KERNPG_TABLE
 
     def kernel_global(self) -> bool:
         return False
@@ -125,7 +131,8 @@ class _ShadowPgd(Isolation):
     # Helpers that edit init_mm's user (shadow) tables, like pti_user_pagetable_walk_*().
     def _user_table(self, va: int, level: int) -> int:
         """Physical address of the shadow table holding ``va``'s entry at ``level``,
-        allocating missing tables (_KERNPG_TABLE: no U bit in the kernel half)."""
+        allocating missing tables (``shadow_table_flags``: _KERNPG_TABLE, no U bit in the
+        kernel half, except in the Graz patch)."""
         k = self.kernel
         if va < 1 << 47:
             raise KaiserEduError(f"attempt to walk user address {va:#x} in the shadow tables")
@@ -135,8 +142,8 @@ class _ShadowPgd(Isolation):
             entry = k.mem.read_qword(entry_pa)
             if not entry & b.PAGE_PRESENT:
                 new = k.alloc.alloc()
-                k.mem.write_qword(entry_pa, new | b.KERNPG_TABLE)
-                entry = new | b.KERNPG_TABLE
+                k.mem.write_qword(entry_pa, new | self.shadow_table_flags)
+                entry = new | self.shadow_table_flags
             elif lvl <= 3 and entry & b.PAGE_PSE:
                 raise KaiserEduError(f"shadow walk of {va:#x} met a large page at level {lvl}")
             table = entry & b.phys_addr_mask(52)
@@ -187,6 +194,11 @@ class Kaiser2017(_ShadowPgd):
             raise KaiserEduError(f"KAISER variant must be graz or hansen, got {variant!r}")
         self.variant = variant
         self.kernel_copy_marking = "nx" if variant == "hansen" else "no-user"
+        # Graz: _kaiser_init() and _kaiser_copy() build the shadow's kernel half with
+        # _PAGE_TABLE (U set in the non-leaf entries; the leaf PTEs keep U clear); Hansen's
+        # core patch: "Use _KERNPG_TABLE, not _PAGE_TABLE when creating mappings for the
+        # kernel in the shadow (user) page tables."
+        self.shadow_table_flags = b.KERNPG_TABLE if variant == "hansen" else b.PAGE_TABLE
         if map_kernel_stacks is None:
             map_kernel_stacks = variant == "graz"
         self.map_kernel_stacks = map_kernel_stacks
@@ -226,7 +238,7 @@ class Kaiser2017(_ShadowPgd):
         shadow = kernel_to_user_pgdp(k.init_mm.pgd)
         for index in range(L.KERNEL_PGD_BOUNDARY, 512):
             new = k.alloc.alloc()
-            k.mem.write_qword(shadow | index << 3, new | b.KERNPG_TABLE)
+            k.mem.write_qword(shadow | index << 3, new | self.shadow_table_flags)
         glob = b.PAGE_GLOBAL if self.shared_global() else 0
         for name, va, size, flags in k.cea_pages():
             self.kaiser_add_mapping(va, size, (flags & ~b.PAGE_GLOBAL) | glob, name)

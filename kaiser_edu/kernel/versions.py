@@ -20,7 +20,9 @@ The behaviours and the commits that changed them (hashes as in torvalds/linux):
     * ``"6.7"``: e2efc8e7d36a "x86/pti: Fix kernel warnings for pti= and nopti cmdline
       options" (tip x86/bugs, 23 Sep 2023; first release 6.7 as far as checked) turns both
       into early_param() handlers that overwrite one ``pti_mode``: the later word wins, and
-      ``mitigations=off`` forces PTI off even after ``pti=on``.
+      ``mitigations=off`` forces PTI off even after ``pti=on``. (The sentence "pti= takes
+      priority over nopti and mitigations=off" is a comment of that patch's v1, posted 11 Aug
+      2023, whose code kept ``pti=`` winning; the version merged dropped both.)
     * ``"attack-vector"``: 02c7d5b8e0d1 "x86/pti: Add attack vector controls for PTI"
       (tip x86/bugs, July 2025; the 6.17 merge window as far as checked) turns off only
       ``pti=auto``, when ``!cpu_attack_vector_mitigated(CPU_MITIGATE_USER_KERNEL)``;
