@@ -153,6 +153,30 @@ def test_graz_maps_kernel_stacks_hansen_enters_on_a_trampoline_stack():
     assert k.syscall(task).ok  # the entry stack in the cpu_entry_area suffices
 
 
+def test_graz_interrupt_frames_land_on_the_mapped_task_stack_hansen_on_the_entry_stack():
+    """Graz: TSS.sp0 is the task's kernel stack, pushed to on the user CR3, and the exit
+    reads the frame back after SWITCH_USER_CR3: the stack mapping is what makes it work.
+    Hansen (v2+) and PTI use the per-CPU entry (trampoline) stack in the cpu_entry_area."""
+    for variant in ("graz", "hansen"):
+        k, task = running("kaiser", isolation=Kaiser2017(variant=variant))
+        with recorded_ops(k) as ops:
+            assert k.interrupt(task).ok
+        writes = [addr for name, addr, _ in ops if name == "write"]
+        if variant == "graz":
+            assert writes[0] == task.stack_top - 8
+            assert ("read", task.stack_top - 0x10) in [(n, a) for n, a, _ in ops]
+        else:
+            assert writes[0] == k.cea("entry stack") + 0xFF8
+
+
+def test_graz_without_its_stack_mappings_cannot_even_return_to_user_mode():
+    """The first exit reads its frame from the task stack on the user CR3: unmapped there."""
+    k = Kernel(isolation=Kaiser2017(variant="graz", map_kernel_stacks=False), seed=0)
+    task = k.spawn("test")
+    assert not k.switch_to(task).ok and k.entry.halted
+    assert f"{task.stack_top - 0x10:#x}" in k.entry.halted
+
+
 def test_graz_has_no_pcids_and_no_global_pages_hansen_has_both():
     graz = Kernel(isolation=Kaiser2017(variant="graz"), cpu="skylake", seed=0)
     hansen = Kernel(isolation=Kaiser2017(variant="hansen"), cpu="skylake", seed=0)

@@ -145,13 +145,18 @@ class EntryCode:
             self._push_pt_regs(path, task, "entry")
         return cr3
 
-    def _hw_entry(self, path: _Path, vector: int, stack: str, stub: str) -> None:
+    def _hw_entry(self, path: _Path, vector: int, stack: str, stub: str, task=None) -> None:
         """What the CPU does for an interrupt or exception from user mode: read the IDT
         gate, push the frame on the stack the TSS names (the cpu_entry_area entry stack, or
-        an IST stack), and fetch the entry stub."""
+        an IST stack), and fetch the entry stub. Under the Graz KAISER patch TSS.sp0 still
+        named the task's own kernel stack (there was no entry stack yet), so the frame goes
+        there, still on the user CR3: why that patch mapped every kernel stack."""
         k = self.k
         path.add("hw", "read", k.cea("IDT (read-only)") + vector * 16, cpl=0)
-        path.add("hw", "write", k.cea(stack) + 0xFF8, cpl=0)
+        if stack == "entry stack" and task is not None and k.isolation.entry_on_task_stack:
+            path.add("hw", "write", task.stack_top - 8, cpl=0)
+        else:
+            path.add("hw", "write", k.cea(stack) + 0xFF8, cpl=0)
         path.add("entry", "fetch", k.image.symbol(stub), cpl=0)
 
     def _exit_to_user(self, path: _Path, task, stub: str, cr3: int,
@@ -161,6 +166,14 @@ class EntryCode:
         k = self.k
         path.add("exit", "read", task.stack_top - 8, cpl=0)  # pop the saved registers
         path.add("exit", "fetch", k.image.symbol(stub), cpl=0)
+        if k.isolation.entry_on_task_stack:
+            # Graz KAISER: SWITCH_USER_CR3, then "movq RSP(%rsp), %rsp" / the IRET frame are
+            # read from the task's kernel stack, already on the user CR3.
+            self._switch_to_user_cr3(path, cr3)
+            path.add("exit", "read", task.stack_top - 0x10, cpl=0)
+            if run_user:
+                path.add("user", "fetch", task.user_rip, cpl=3)
+            return
         path.add("exit", "write", k.cea("entry stack") + 0xF00, cpl=0)  # trampoline stack
         self._switch_to_user_cr3(path, cr3)
         if run_user:
@@ -316,7 +329,7 @@ class EntryCode:
             self._kernel_work(path, task, "common_interrupt", work)
             self._exit_to_user(path, task, "syscall_return_via_sysret", cr3)
         else:
-            self._hw_entry(path, 0x20, "entry stack", "asm_common_interrupt")  # TSS.sp0
+            self._hw_entry(path, 0x20, "entry stack", "asm_common_interrupt", task)  # TSS.sp0
             cr3 = self._switch_to_kernel_cr3(path, cr3)
             self._push_pt_regs(path, task, "entry")
             self._kernel_work(path, task, "common_interrupt", work)
@@ -363,7 +376,7 @@ class EntryCode:
         prev = k.current
         if prev is not None and prev.alive and self.halted == "":
             path = _Path()
-            self._hw_entry(path, 0x20, "entry stack", "asm_common_interrupt")
+            self._hw_entry(path, 0x20, "entry stack", "asm_common_interrupt", prev)
             self._switch_to_kernel_cr3(path, k.cr3)
             self._push_pt_regs(path, prev, "entry")
             out = self._run("interrupt", path, prev)
@@ -426,7 +439,7 @@ class EntryCode:
         k = self.k
         path = _Path()
         cr3 = before = k.cr3
-        self._hw_entry(path, 14, "entry stack", "asm_exc_page_fault")
+        self._hw_entry(path, 14, "entry stack", "asm_exc_page_fault", task)
         cr3 = self._switch_to_kernel_cr3(path, cr3)
         self._push_pt_regs(path, task, "entry")
         path.add("kernel", "fetch", k.image.symbol("exc_page_fault"), cpl=0)

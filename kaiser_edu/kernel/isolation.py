@@ -60,6 +60,10 @@ class Isolation:
     name = "off"
     pgd_pair = False  # order-1 PGD with the user copy in the upper 4 KiB
     kernel_copy_marking = "nx"  # how the kernel copy of a user PGD entry differs (audit)
+    # Does the CPU push a user-mode interrupt frame on the task's kernel stack (TSS.sp0), and
+    # the exit read it back after the switch to the user CR3? Only under the Graz patch;
+    # Hansen's series and PTI enter and leave on the per-CPU entry (trampoline) stack.
+    entry_on_task_stack = False
 
     def __init__(self) -> None:
         self.kernel: Kernel | None = None
@@ -199,6 +203,7 @@ class Kaiser2017(_ShadowPgd):
         # core patch: "Use _KERNPG_TABLE, not _PAGE_TABLE when creating mappings for the
         # kernel in the shadow (user) page tables."
         self.shadow_table_flags = b.KERNPG_TABLE if variant == "hansen" else b.PAGE_TABLE
+        self.entry_on_task_stack = variant == "graz"
         if map_kernel_stacks is None:
             map_kernel_stacks = variant == "graz"
         self.map_kernel_stacks = map_kernel_stacks
