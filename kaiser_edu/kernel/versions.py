@@ -14,9 +14,11 @@ The behaviours and the commits that changed them (hashes as in torvalds/linux):
     * ``"4.15"``: ``cmdline_find_option(boot_command_line, "pti", ...)`` is checked first, so
       any valid ``pti=`` wins over ``nopti`` whatever the order; ``mitigations=`` does not
       exist yet.
-    * ``"5.2"``: d68be4c4d312 "x86/speculation: Support 'mitigations=' cmdline option"
-      (release 5.2: unverified here) adds ``|| cpu_mitigations_off()`` next to ``nopti``,
-      still after the ``pti=`` check: ``pti=`` beats both.
+    * ``"5.2"``: "x86/speculation: Support 'mitigations=' cmdline option" (Josh Poimboeuf,
+      pulled as core-speculation-for-linus for 5.2 and backported to the 4.9, 4.14, 4.19 and
+      5.1 stable trees in May 2019; the hash d68be4c4d312 is not confirmed here) adds
+      ``|| cpu_mitigations_off()`` next to ``nopti``, still after the ``pti=`` check:
+      ``pti=`` beats both.
     * ``"6.7"``: e2efc8e7d36a "x86/pti: Fix kernel warnings for pti= and nopti cmdline
       options" (tip x86/bugs, 23 Sep 2023; first release 6.7 as far as checked) turns both
       into early_param() handlers that overwrite one ``pti_mode``: the later word wins, and
@@ -52,7 +54,8 @@ The behaviours and the commits that changed them (hashes as in torvalds/linux):
 ``paranoid_restore_skips_kernel_cr3`` - RESTORE_CR3 after a paranoid entry (NMI, #MC, #DB,
     #DF) that interrupted the kernel:
 
-    * 21e944591102 "x86/mm: Optimize RESTORE_CR3" (the December 2017 PTI series): the saved
+    * 21e944591102 "x86/mm: Optimize RESTORE_CR3" (the December 2017 PTI series; that it
+      was in 4.15 is not confirmed here): the saved
       kernel CR3 is written back, with NOFLUSH ("KERNEL pages can always resume with NOFLUSH
       as we do explicit flushes");
     * bb998361999e "x86/entry: Avoid redundant CR3 write on paranoid returns" (pulled for
