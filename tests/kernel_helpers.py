@@ -115,7 +115,8 @@ def user_tables(k: Kernel, mm) -> PageTables:
 def isolation_violations(k: Kernel, mm, check_global: bool = True) -> list:
     """audit.check_isolation() of ``mm``'s PGD pair against the mode's allowed ranges."""
     return audit.check_isolation(k.mem, mm.pgd, mm.user_pgd, k.isolation.shadow_allowed(),
-                                 check_global=check_global)
+                                 check_global=check_global,
+                                 kernel_copy=k.isolation.kernel_copy_marking)
 
 
 def stale_tlb_entries(k: Kernel) -> list[dict]:

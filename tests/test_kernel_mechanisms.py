@@ -30,7 +30,7 @@ from kaiser_edu.kernel import audit
 from kaiser_edu.kernel import layout as L
 from kaiser_edu.kernel.cpu import CPU_MODELS, PTI_PREFIX, cpu_model, pti_decision
 from kaiser_edu.kernel.events import decode_cr3
-from kaiser_edu.kernel.isolation import LinuxPTI
+from kaiser_edu.kernel.isolation import Kaiser2017, LinuxPTI
 from kaiser_edu.kernel.machine import USER_TEXT, Kernel, TaskKilled
 from kaiser_edu.kernel.mm import PROT_NONE, PROT_READ, PROT_WRITE
 from kaiser_edu.kernel.tlbstate import TLB_NR_DYN_ASIDS
@@ -70,10 +70,11 @@ PTI_TABLE = {
     "pti=off": ((False, ("disabled on command line.",)), (False, ())),
     "nopti": ((False, ("disabled on command line.",)), (False, ())),
     "quiet mitigations=off": ((False, ("disabled on command line.",)), (False, ())),
-    # pti= takes priority over mitigations=off; of pti= and nopti the later one wins.
+    # Linux 6.1, the default: any pti= beats nopti and mitigations=off, in either order
+    # (tests/test_kernel_versions.py pins the other versions).
     "mitigations=off pti=on": ((True, ("enabled",)), (True, FORCED)),
     "pti=auto mitigations=off": ((True, ("enabled",)), (False, ())),
-    "pti=on nopti": ((False, ("disabled on command line.",)), (False, ())),
+    "pti=on nopti": ((True, ("enabled",)), (True, FORCED)),
     "nopti pti=on": ((True, ("enabled",)), (True, FORCED)),
 }
 
@@ -83,7 +84,8 @@ PTI_TABLE = {
 def test_pti_boot_decision_and_message(cpu, cmdline):
     """pti.c pti_check_boottime_disable(): pti=on forces PTI on, pti=off and nopti force it
     off, pti=auto (the default) enables it only with X86_BUG_CPU_MELTDOWN (Intel before Ice
-    Lake's RDCL_NO; never AMD); mitigations=off forces it off unless pti= was given. The
+    Lake's RDCL_NO; never AMD); in Linux 6.1 (the default) mitigations=off and nopti force
+    it off unless pti= was given. The
     messages are exactly Linux's log lines, with the pr_fmt prefix; none where Linux prints
     nothing."""
     affected = CPU_MODELS[cpu].meltdown
@@ -222,8 +224,10 @@ def test_no_isolation_keeps_an_order_0_pgd():
 @pytest.mark.parametrize("mode", ["kaiser", "pti"])
 def test_user_pgd_entries_identical_except_nx_on_the_kernel_copy(mode):
     """__pti_set_user_pgtbl(): a user-half PGD entry goes unmodified into the user copy;
-    the kernel copy gets _PAGE_NX because it has _PAGE_USER|_PAGE_PRESENT."""
-    k, task = running(mode)
+    the kernel copy gets _PAGE_NX because it has _PAGE_USER|_PAGE_PRESENT (so does
+    Hansen's KAISER; the Graz variant, tests/test_kernel_versions.py, clears U instead)."""
+    extra = {"isolation": Kaiser2017(variant="hansen")} if mode == "kaiser" else {}
+    k, task = running(mode, **extra)
     k.user_store(task, DATA, 1)
     k.user_store(task, k.mmap(task, PAGE), 2)
     present = 0
@@ -373,9 +377,10 @@ def test_kaiser_add_mapping_allows_the_same_pte_but_not_a_change():
 
 
 def test_kaiser_remove_mapping_clears_the_shadow_and_flushes_global_entries():
-    """kaiser_remove_mapping(): clear the shadow PTEs, then a global TLB flush on this CPU,
-    so even a global TLB entry made through the shadow is gone."""
-    k, task = running("kaiser")
+    """Hansen's kaiser_remove_mapping(): clear the shadow PTEs, then a global TLB flush on
+    this CPU, so even a global TLB entry made through the shadow is gone (the Graz patch
+    did not flush: tests/test_kernel_versions.py)."""
+    k, task = running("kaiser", isolation=Kaiser2017(variant="hansen"), pcid=False)
     page = k.image.secret
     k.isolation.kaiser_add_mapping(page, PAGE, b.PAGE_KERNEL_RO, "test page")
     assert k.cr3 & USER_PGD_BIT
@@ -429,8 +434,10 @@ def test_under_isolation_only_shared_mappings_are_global(mode):
     """PTI clears _PAGE_GLOBAL on the image and keeps it off every other kernel mapping
     (a global TLB entry would stay usable on the user CR3); what both tables map anyway,
     the cpu_entry_area and the entry-text PMD, is global "in both copies"
-    (pti_clone_pgtable())."""
-    k, task = running(mode)
+    (pti_clone_pgtable()). Hansen's KAISER also made shared pages global; the Graz patch
+    had no global pages at all (tests/test_kernel_versions.py)."""
+    extra = {"isolation": Kaiser2017(variant="hansen"), "pcid": False} if mode == "kaiser" else {}
+    k, task = running(mode, **extra)
     assert isolation_violations(k, task.mm, check_global=True) == []
     kernel, user = kernel_ranges(k, task.mm.pgd), kernel_ranges(k, task.mm.user_pgd)
     for va in (k.image.secret, k.image.symbol("do_syscall_64"), k.layout.page_offset):

@@ -65,7 +65,8 @@ def test_isolated_modes_reach_only_allowed_ranges(machines, mode):
                    for s, e, name in allowed)
     visible = audit.kernel_visible_ranges(kernel.mem, task.mm.user_pgd, allowed)
     assert [(r.range, r.allowed) for r in reach.ranges] == visible
-    assert audit.check_isolation(kernel.mem, task.mm.pgd, task.mm.user_pgd, allowed) == []
+    assert audit.check_isolation(kernel.mem, task.mm.pgd, task.mm.user_pgd, allowed,
+                                 kernel_copy=kernel.isolation.kernel_copy_marking) == []
     # Nothing of the secret in .data and nothing of the direct map is translated.
     secret = kernel.image.secret
     assert not any(r.range.contains(secret) for r in reach.ranges)

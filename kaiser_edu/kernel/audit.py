@@ -528,8 +528,16 @@ def _flag_names(bits_: int) -> str:
     return " ".join(found)
 
 
-def _check_pgd_pair(k_pgd: list[int], u_pgd: list[int], levels: int) -> list[Violation]:
-    """Invariants (b) and (c): the user half of the two PGD copies, entry by entry."""
+def _check_pgd_pair(k_pgd: list[int], u_pgd: list[int], levels: int,
+                    kernel_copy: str = "nx") -> list[Violation]:
+    """Invariants (b) and (c): the user half of the two PGD copies, entry by entry.
+    ``kernel_copy`` says how the kernel copy of a user entry is marked: "nx" (PTI,
+    Hansen's KAISER: _PAGE_NX added) or "no-user" (the Graz KAISER patch: _PAGE_USER
+    cleared)."""
+    if kernel_copy not in ("nx", "no-user"):
+        raise KaiserEduError(f"kernel_copy must be 'nx' or 'no-user', got {kernel_copy!r}")
+    graz = kernel_copy == "no-user"
+    ignored = _PGD_COPY_IGNORED | (b.PAGE_USER if graz else 0)
     out: list[Violation] = []
     slot = 1 << b.level_shift(levels)
     addr_mask = b.phys_addr_mask(b.MAX_PHYADDR_BITS)
@@ -544,7 +552,13 @@ def _check_pgd_pair(k_pgd: list[int], u_pgd: list[int], levels: int) -> list[Vio
               i: int = i) -> Violation:
             return Violation(inv, i, s, e, k, u, text)
 
-        if k_p and k & b.PAGE_USER and not k & b.PAGE_NX:
+        if graz:
+            if k_p and k & b.PAGE_USER:
+                out.append(v("kernel_copy_lacks_nx",
+                             "kernel copy of a user PGD entry keeps _PAGE_USER: the Graz "
+                             "KAISER patch clears it there (pgd.pgd & ~_PAGE_USER), so that "
+                             "user code running on the kernel's tables faults at once."))
+        elif k_p and k & b.PAGE_USER and not k & b.PAGE_NX:
             out.append(v("kernel_copy_lacks_nx",
                          "kernel copy of a user PGD entry lacks NX: a missed switch back to the "
                          "user CR3 would run user code with the kernel's tables, which map all "
@@ -571,10 +585,11 @@ def _check_pgd_pair(k_pgd: list[int], u_pgd: list[int], levels: int) -> list[Vio
                          f"vs {u & addr_mask:#x}): lower levels are no longer shared, so there "
                          "are two PTEs to update and two sets of accessed/dirty bits, and a "
                          "change made through one copy is invisible through the other."))
-        elif (k ^ u) & ~_PGD_COPY_IGNORED:
-            diff = _flag_names((k ^ u) & ~_PGD_COPY_IGNORED & ~addr_mask)
+        elif (k ^ u) & ~ignored:
+            diff = _flag_names((k ^ u) & ~ignored & ~addr_mask)
+            only = "US" if graz else "NX"
             out.append(v("user_half_diverges",
-                         f"the copies differ in flag bits {diff} (only NX may differ): the same "
+                         f"the copies differ in flag bits {diff} (only {only} may differ): the same "
                          "user address gets different rights depending on which CR3 is "
                          "loaded."))
     return out
@@ -588,8 +603,13 @@ def check_isolation(
     levels: int = 4,
     *,
     check_global: bool = False,
+    kernel_copy: str = "nx",
 ) -> list[Violation]:
     """Check the PTI invariants (a)-(d) (and (e) with ``check_global``) for one PGD pair.
+
+    ``kernel_copy`` is how the kernel copy of a user PGD entry is expected to differ from
+    the user copy: "nx" (Linux PTI, Hansen's KAISER) or "no-user" (the Graz KAISER patch,
+    ``Isolation.kernel_copy_marking``).
 
     ``allowed`` lists the kernel ranges the user PGD may map, as ``(start, end, name)``
     (end exclusive), e.g. ``(0xfffffe0000000000, 0xffffff0000000000, "cpu_entry_area")``.
@@ -608,7 +628,7 @@ def check_isolation(
     allowed_n = normalize_allowed(allowed)
     k_pgd = _pgd_entries(mem, kernel_pgd_pa)
     u_pgd = _pgd_entries(mem, user_pgd_pa)
-    violations = _check_pgd_pair(k_pgd, u_pgd, levels)
+    violations = _check_pgd_pair(k_pgd, u_pgd, levels, kernel_copy)
 
     def slot_v(inv: str, s: int, e: int, text: str) -> Violation:
         i = table_index(s, levels)
@@ -669,12 +689,13 @@ def audit_report(
     *,
     check_global: bool = False,
     max_user_lines: int = 12,
+    kernel_copy: str = "nx",
 ) -> str:
     """A readable summary for a lesson: the kernel ranges visible from user mode (named by
     the allowed range they fall in), the user half, and every invariant with its verdict."""
     allowed_n = normalize_allowed(allowed)
     violations = check_isolation(mem, kernel_pgd_pa, user_pgd_pa, allowed_n, levels,
-                                 check_global=check_global)
+                                 check_global=check_global, kernel_copy=kernel_copy)
     lines = [f"Isolation audit: kernel PGD {kernel_pgd_pa:#x}, user PGD {user_pgd_pa:#x} "
              f"({levels}-level paging)", ""]
     visible = kernel_visible_ranges(mem, user_pgd_pa, allowed_n, levels)

@@ -7,14 +7,20 @@ SYSCALL   ``entry_SYSCALL_64``: fetch the entry text and spill the user RSP into
           ``sp2`` slot (both still on the user CR3: PTI maps exactly these), then
           SWITCH_TO_KERNEL_CR3, load the task stack, push pt_regs, run do_syscall_64, and on
           the way out switch to the entry (trampoline) stack, SWITCH_TO_USER_CR3, SYSRET,
-          and fetch the first user instruction.
+          and fetch the first user instruction. That is Linux 4.20 and later
+          (bf904d2762ee "x86/pti/64: Remove the SYSCALL64 entry trampoline"); Linux 4.15
+          with PTI entered at ``entry_SYSCALL_64_trampoline``, a per-CPU alias in the
+          cpu_entry_area, which stashed the user RSP at the top of the entry stack
+          (RSP_SCRATCH) before its CR3 switch, so no TSS page had to be cloned.
 interrupt from user: the CPU reads the IDT, pushes the frame on the entry stack named by
           TSS.sp0 (in the cpu_entry_area), fetches the entry stub; then as above. From
           kernel mode: no stack switch and no CR3 switch.
 NMI       the CPU switches to the NMI's IST stack. From user mode the entry code then does
           what other user entries do (SWITCH_TO_KERNEL_CR3 ... SWITCH_TO_USER_CR3); from kernel
           mode it is paranoid: SAVE_AND_SWITCH_TO_KERNEL_CR3 switches only if the saved CR3 is
-          a user one (bit 12), RESTORE_CR3 writes the saved value back.
+          a user one (bit 12); RESTORE_CR3 writes the saved kernel CR3 back (with NOFLUSH,
+          21e944591102) up to Linux 6.8, PARANOID_RESTORE_CR3 skips that write from 6.9
+          (bb998361999e).
 
 Because every fetch and stack access is a real access under the current CR3, the classic
 mistakes fail as they did on real kernels: entry text missing from the user tables faults on
@@ -128,20 +134,29 @@ class EntryCode:
         RSP into TSS.sp2 (still on the user CR3), switch CR3, then (with ``task``) push
         pt_regs. Returns the CR3 now loaded."""
         k = self.k
-        path.add("entry", "fetch", k.image.symbol("entry_SYSCALL_64"), cpl=0)
-        path.add("entry", "write", k.image.percpu("cpu_tss_rw") + 0x14, cpl=0)  # TSS.sp2
+        if k._syscall_trampoline():  # Linux 4.15: MSR_LSTAR -> the cpu_entry_area alias
+            path.add("entry", "fetch", k.cea("entry trampoline"), cpl=0)
+            path.add("entry", "write", k.cea("entry stack") + 0xFF8, cpl=0)  # RSP_SCRATCH
+        else:
+            path.add("entry", "fetch", k.image.symbol("entry_SYSCALL_64"), cpl=0)
+            path.add("entry", "write", k.image.percpu("cpu_tss_rw") + 0x14, cpl=0)  # TSS.sp2
         cr3 = self._switch_to_kernel_cr3(path, cr3)
         if task is not None:
             self._push_pt_regs(path, task, "entry")
         return cr3
 
-    def _hw_entry(self, path: _Path, vector: int, stack: str, stub: str) -> None:
+    def _hw_entry(self, path: _Path, vector: int, stack: str, stub: str, task=None) -> None:
         """What the CPU does for an interrupt or exception from user mode: read the IDT
         gate, push the frame on the stack the TSS names (the cpu_entry_area entry stack, or
-        an IST stack), and fetch the entry stub."""
+        an IST stack), and fetch the entry stub. Under the Graz KAISER patch TSS.sp0 still
+        named the task's own kernel stack (there was no entry stack yet), so the frame goes
+        there, still on the user CR3: why that patch mapped every kernel stack."""
         k = self.k
         path.add("hw", "read", k.cea("IDT (read-only)") + vector * 16, cpl=0)
-        path.add("hw", "write", k.cea(stack) + 0xFF8, cpl=0)
+        if stack == "entry stack" and task is not None and k.isolation.entry_on_task_stack:
+            path.add("hw", "write", task.stack_top - 8, cpl=0)
+        else:
+            path.add("hw", "write", k.cea(stack) + 0xFF8, cpl=0)
         path.add("entry", "fetch", k.image.symbol(stub), cpl=0)
 
     def _exit_to_user(self, path: _Path, task, stub: str, cr3: int,
@@ -151,6 +166,14 @@ class EntryCode:
         k = self.k
         path.add("exit", "read", task.stack_top - 8, cpl=0)  # pop the saved registers
         path.add("exit", "fetch", k.image.symbol(stub), cpl=0)
+        if k.isolation.entry_on_task_stack:
+            # Graz KAISER: SWITCH_USER_CR3, then "movq RSP(%rsp), %rsp" / the IRET frame are
+            # read from the task's kernel stack, already on the user CR3.
+            self._switch_to_user_cr3(path, cr3)
+            path.add("exit", "read", task.stack_top - 0x10, cpl=0)
+            if run_user:
+                path.add("user", "fetch", task.user_rip, cpl=3)
+            return
         path.add("exit", "write", k.cea("entry stack") + 0xF00, cpl=0)  # trampoline stack
         self._switch_to_user_cr3(path, cr3)
         if run_user:
@@ -306,7 +329,7 @@ class EntryCode:
             self._kernel_work(path, task, "common_interrupt", work)
             self._exit_to_user(path, task, "syscall_return_via_sysret", cr3)
         else:
-            self._hw_entry(path, 0x20, "entry stack", "asm_common_interrupt")  # TSS.sp0
+            self._hw_entry(path, 0x20, "entry stack", "asm_common_interrupt", task)  # TSS.sp0
             cr3 = self._switch_to_kernel_cr3(path, cr3)
             self._push_pt_regs(path, task, "entry")
             self._kernel_work(path, task, "common_interrupt", work)
@@ -321,7 +344,9 @@ class EntryCode:
         swapgs_restore_regs_and_return_to_usermode (SWITCH_TO_USER_CR3). From kernel mode it
         may have hit anywhere, even the entry code before its CR3 switch, so the paranoid
         SAVE_AND_SWITCH_TO_KERNEL_CR3 decides by CR3 bit 12 and RESTORE_CR3 writes the saved
-        value back (as merged in 4.15; newer kernels skip the write for a kernel CR3)."""
+        value back, with NOFLUSH for a kernel CR3 (21e944591102, in 4.15), up to Linux 6.8;
+        from 6.9 (bb998361999e "x86/entry: Avoid redundant CR3 write on paranoid returns")
+        PARANOID_RESTORE_CR3 skips the write when the saved CR3 is a kernel one."""
         k = self.k
         path = _Path()
         cr3 = k.cr3
@@ -338,7 +363,8 @@ class EntryCode:
         # syscall switched already), so nothing is written.
         saved = cr3
         self._kernel_work(path, task, "exc_nmi", work)
-        if self.isolated:  # RESTORE_CR3: "KERNEL pages can always resume with NOFLUSH"
+        if self.isolated and not k.linux.paranoid_restore_skips_kernel_cr3:
+            # RESTORE_CR3: "KERNEL pages can always resume with NOFLUSH"
             path.add("RESTORE_CR3", "mov_cr3", saved, noflush=k.tlbstate.pcid)
         self._exit_to_user(path, task, "syscall_return_via_sysret", cr3)
         return self._run("nmi", path, task)
@@ -350,7 +376,7 @@ class EntryCode:
         prev = k.current
         if prev is not None and prev.alive and self.halted == "":
             path = _Path()
-            self._hw_entry(path, 0x20, "entry stack", "asm_common_interrupt")
+            self._hw_entry(path, 0x20, "entry stack", "asm_common_interrupt", prev)
             self._switch_to_kernel_cr3(path, k.cr3)
             self._push_pt_regs(path, prev, "entry")
             out = self._run("interrupt", path, prev)
@@ -395,9 +421,11 @@ class EntryCode:
                 k.exit(task, f"killed: #GP on non-canonical {va:#x}")
                 return None
             if kind == "fetch" and fault.error_code & b.X86_PF_PROT and self._on_kernel_pgd():
-                # pti_set_user_pgtbl() put NX on the kernel copy of every user PGD entry:
-                # user code running on the kernel CR3 dies on its first instruction.
-                k.exit(task, f"killed: NX fault on the first user instruction (error code "
+                # pti_set_user_pgtbl() put NX on the kernel copy of every user PGD entry
+                # (the Graz KAISER patch cleared _PAGE_USER there instead): user code
+                # running on the kernel CR3 dies on its first instruction.
+                why = k.isolation.missed_cr3_switch_fault()
+                k.exit(task, f"killed: {why} on the first user instruction (error code "
                              f"{fault.error_code:#x}): user code ran on the kernel CR3")
                 return None
             if not self._page_fault_from_user(task, va, kind, fault.error_code):
@@ -411,7 +439,7 @@ class EntryCode:
         k = self.k
         path = _Path()
         cr3 = before = k.cr3
-        self._hw_entry(path, 14, "entry stack", "asm_exc_page_fault")
+        self._hw_entry(path, 14, "entry stack", "asm_exc_page_fault", task)
         cr3 = self._switch_to_kernel_cr3(path, cr3)
         self._push_pt_regs(path, task, "entry")
         path.add("kernel", "fetch", k.image.symbol("exc_page_fault"), cpl=0)

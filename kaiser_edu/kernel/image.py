@@ -41,6 +41,8 @@ ENTRY_SYMBOLS = {
     "asm_exc_double_fault": 0xC00,
     "asm_exc_nmi": 0xF00,
     "swapgs_restore_regs_and_return_to_usermode": 0x1200,
+    # Linux 4.15 only (removed by bf904d2762ee): its page is aliased into the cpu_entry_area.
+    "entry_SYSCALL_64_trampoline": 0x3000,
 }
 TEXT_SYMBOLS = {  # in the second PMD of .text
     "do_syscall_64": 0x1000,

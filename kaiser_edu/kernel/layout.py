@@ -5,8 +5,17 @@ half; the kernel owns PGD entries 256-511. Three regions move under KASLR
 (arch/x86/mm/kaslr.c): the direct map (``page_offset_base``), vmalloc and vmemmap, each
 shifted by a random multiple of 1 GiB (PUD_SIZE); the kernel image moves by a random multiple
 of 2 MiB inside its 1 GiB window above ``__START_KERNEL_map``
-(arch/x86/boot/compressed/kaslr.c). The cpu_entry_area, espfix, the LDT remap and the
-vsyscall page sit at fixed addresses: that is why PTI can clone them once, at boot.
+(arch/x86/boot/compressed/kaslr.c). The espfix and vsyscall *slots* are fixed, and so is
+the 512 GiB slot reserved for the cpu_entry_area: that is why PTI can clone those PGD
+entries once, at boot. Inside its slot the cpu_entry_area moved with Linux 6.2: commit
+97e3d26b5e5f "x86/mm: Randomize per-cpu entry area" (CVE-2023-0597) puts each CPU's area at
+a random, distinct slot of CPU_ENTRY_AREA_SIZE (init_cea_offsets() in
+arch/x86/mm/cpu_entry_area.c; only the read-only IDT page stays at CPU_ENTRY_AREA_BASE);
+since a3f547addcaa "x86/mm: Do not shuffle CPU entry areas without KASLR" only when KASLR is
+on. ``KernelLayout.boot(..., randomize_cea=True)`` draws that offset (``cea_offset``). The
+LDT remap slot is fixed too, but it is not cloned at boot: each process's LDT is mapped
+there, and the slot's PGD entry copied into its user PGD, when the process installs its
+first LDT (map_ldt_struct_to_user(), kernel/ldt.py).
 """
 
 from __future__ import annotations
@@ -14,6 +23,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
+from kaiser_edu.errors import KaiserEduError
 from kaiser_edu.hw import bits as b
 
 TASK_SIZE_MAX = 0x0000_7FFF_FFFF_F000  # top of user space (one guard page below 2**47)
@@ -29,6 +39,12 @@ KERNEL_IMAGE_SIZE = 1 << 30
 MODULES_VADDR = 0xFFFF_FFFF_C000_0000
 VSYSCALL_ADDR = 0xFFFF_FFFF_FF60_0000
 LOAD_PHYSICAL_ADDR = 0x100_0000  # 16 MiB: where the kernel is loaded without KASLR
+# CPU_ENTRY_AREA_PER_CPU: the per-CPU areas start one page above the read-only IDT.
+CPU_ENTRY_AREA_PER_CPU = CPU_ENTRY_AREA_BASE + b.PAGE_SIZE
+# sizeof(struct cpu_entry_area) depends on the configuration (debug-store buffers, the
+# #VC stacks...); the model's area is the 8 pages it maps (Kernel.cea_pages()).
+CPU_ENTRY_AREA_SIZE = 8 * b.PAGE_SIZE
+CPU_ENTRY_AREA_MAP_SIZE = 1 << 39  # P4D_SIZE on x86-64 since 97e3d26b5e5f
 
 # Span the KASLR'd regions share (kaslr.c: from __PAGE_OFFSET_BASE up to the end of the
 # vmemmap region), and each region's size.
@@ -47,13 +63,22 @@ class KernelLayout:
     text_offset: int = LOAD_PHYSICAL_ADDR  # offset of _text above __START_KERNEL_map
     kaslr: bool = False
     seed: int | None = None
+    cea_offset: int = 0  # CPU 0's cpu_entry_area slot (_cea_offset), in CPU_ENTRY_AREA_SIZE
 
     @classmethod
-    def boot(cls, seed: int | None = None, kaslr: bool = True) -> KernelLayout:
+    def boot(cls, seed: int | None = None, kaslr: bool = True,
+             randomize_cea: bool = False) -> KernelLayout:
         """The layout of one boot: fixed without KASLR, else drawn from ``seed``
-        (the same seed gives the same layout, as a lesson needs)."""
+        (the same seed gives the same layout, as a lesson needs). ``randomize_cea`` draws
+        CPU 0's cpu_entry_area slot as init_cea_offsets() does (Linux 6.2+), from its own
+        stream of the seed so that the other regions do not move with it."""
+        cea_offset = 0
+        if randomize_cea:
+            max_cea = (CPU_ENTRY_AREA_MAP_SIZE - b.PAGE_SIZE) // CPU_ENTRY_AREA_SIZE
+            cea_rng = random.Random(None if seed is None else f"cpu_entry_area/{seed}")
+            cea_offset = cea_rng.randrange(max_cea)  # prandom_u32_max(max_cea)
         if not kaslr:
-            return cls(seed=seed)
+            return cls(seed=seed, cea_offset=cea_offset)
         rng = random.Random(seed)
         # kernel_randomize_memory(): regions in order, each pushed up by a random number of
         # PUDs taken from the entropy that remains (the slack left after all the regions).
@@ -70,7 +95,16 @@ class KernelLayout:
         # The image: a 2 MiB-aligned slot between 16 MiB and the end of its 1 GiB window.
         slots = (KERNEL_IMAGE_SIZE - LOAD_PHYSICAL_ADDR - (64 << 20)) // b.PMD_SIZE
         text_offset = LOAD_PHYSICAL_ADDR + rng.randrange(slots) * b.PMD_SIZE
-        return cls(*bases, text_offset=text_offset, kaslr=True, seed=seed)
+        return cls(*bases, text_offset=text_offset, kaslr=True, seed=seed,
+                   cea_offset=cea_offset)
+
+    def cpu_entry_area(self, cpu: int = 0) -> int:
+        """get_cpu_entry_area(cpu): the start of a CPU's area (the simulator runs CPU 0;
+        other CPUs are shown only for a fixed layout, where CPU n is n areas up)."""
+        if cpu != 0 and self.cea_offset:
+            raise KaiserEduError(f"cpu_entry_area({cpu}): only CPU 0's slot is drawn in a "
+                                 "randomised layout; ask for cpu=0")
+        return CPU_ENTRY_AREA_PER_CPU + (self.cea_offset + cpu) * CPU_ENTRY_AREA_SIZE
 
     @property
     def kernel_text(self) -> int:

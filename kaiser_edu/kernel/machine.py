@@ -8,6 +8,12 @@
 >>> k.user_load(task, 0x400010)
 42
 
+``linux=`` picks the Linux version whose PTI behaviour the kernel has ("4.15", "4.20",
+"6.1" (the default), "6.2", "6.9", "mainline"; kernel/versions.py names the commit of each
+change): the pti=/nopti/mitigations= decision, the SYSCALL entry trampoline (4.15) or the
+TSS clone (4.20+), a fixed or a randomised cpu_entry_area (6.2+), and whether RESTORE_CR3
+writes a kernel CR3 back after an NMI (up to 6.8).
+
 Boot (setup_arch() in miniature): the direct map of all RAM with 1 GiB pages, the kernel
 image with 2 MiB pages, the cpu_entry_area with 4 KiB pages, the espfix page, then the
 isolation mode's clones into init_mm's user tables. Every later PGD copies its kernel half
@@ -47,6 +53,7 @@ from kaiser_edu.kernel.mm import (
     vm_page_prot,
 )
 from kaiser_edu.kernel.tlbstate import TLB_SINGLE_PAGE_FLUSH_CEILING, CpuTlbState, user_pcid
+from kaiser_edu.kernel.versions import DEFAULT_LINUX, LinuxVersion, linux_version
 from kaiser_edu.kernel.vsyscall import check_vsyscall_mode, map_vsyscall
 
 DEFAULT_TLB = TLBConfig()
@@ -95,22 +102,27 @@ class Kernel:
         pcid: bool | None = None,
         tlb: TLBConfig | None = DEFAULT_TLB,
         vsyscall: str = "xonly",
+        linux: str | LinuxVersion = DEFAULT_LINUX,
     ):
+        self.linux = linux_version(linux)
         self.cpu = cpu_model(cpu)
         self.vsyscall = check_vsyscall_mode(vsyscall)
-        pti_on, self.pti_message = pti_decision(cmdline, self.cpu)
+        pti_on, self.pti_message = pti_decision(cmdline, self.cpu, self.linux)
         if isolation is None:
             isolation = "pti" if pti_on else "off"
         self.isolation = make_isolation(isolation) if isinstance(isolation, str) else isolation
         self.isolation.kernel = self
-        self.layout = L.KernelLayout.boot(seed, kaslr)
+        # init_cea_offsets() (6.2+); since a3f547addcaa only with KASLR.
+        randomize_cea = self.linux.cea_randomized and (
+            kaslr or self.linux.cea_random_without_kaslr)
+        self.layout = L.KernelLayout.boot(seed, kaslr, randomize_cea=randomize_cea)
         self.image = KernelImage(self.layout)
         self.mem = PhysMem()
         self.alloc = FrameAllocator(self.mem, ram_bytes=ram_bytes, first_pa=64 << 20)
         self.ram_bytes = ram_bytes
         self.nx_supported = True
         if pcid is None:  # the Graz KAISER patch ran without PCIDs (Hansen's series had them)
-            pcid = self.cpu.pcid and self.isolation.name != "kaiser"
+            pcid = self.isolation.default_pcid(self.cpu.pcid)
         if pcid and not self.cpu.pcid:
             raise KaiserEduError(f"{self.cpu.name} has no PCID")
         # With a PGD pair and PCIDs, user space runs on its own PCID, whose flushes are
@@ -177,22 +189,38 @@ class Kernel:
             self.mem.write_qword(self.image.pa(self.image.secret) + 8 * i, int(qword))
 
     def cea_pages(self) -> list[tuple[str, int, int, int]]:
-        """CPU 0's cpu_entry_area (cpu_entry_area.h): (name, va, size, flags). Each page
-        aliases per-CPU storage in the image; all are global (cea_set_pte())."""
-        base = L.CPU_ENTRY_AREA_BASE
-        return [
-            ("IDT (read-only)", base, b.PAGE_SIZE, b.PAGE_KERNEL_RO),
-            ("GDT", base + 1 * b.PAGE_SIZE, b.PAGE_SIZE, b.PAGE_KERNEL_RO),
-            ("entry stack", base + 2 * b.PAGE_SIZE, b.PAGE_SIZE, b.PAGE_KERNEL),
-            ("TSS (read-only)", base + 3 * b.PAGE_SIZE, b.PAGE_SIZE, b.PAGE_KERNEL_RO),
-            ("#DF stack", base + 5 * b.PAGE_SIZE, b.PAGE_SIZE, b.PAGE_KERNEL),
-            ("NMI stack", base + 7 * b.PAGE_SIZE, b.PAGE_SIZE, b.PAGE_KERNEL),
+        """CPU 0's cpu_entry_area (cpu_entry_area.h): (name, va, size, flags). The
+        read-only IDT is at CPU_ENTRY_AREA_BASE; CPU 0's own pages start at
+        ``layout.cpu_entry_area(0)``, one page up, or at a random slot of the 512 GiB region
+        from Linux 6.2 (97e3d26b5e5f). Each page aliases per-CPU storage in the image; all
+        are global (cea_set_pte()), except under the Graz KAISER patch, which had no global
+        pages. Linux 4.15's area also held the SYSCALL entry trampoline (removed by
+        bf904d2762ee in 4.20); the model puts it in the area's last page."""
+        area = self.layout.cpu_entry_area(0)
+        pages = [
+            ("IDT (read-only)", L.CPU_ENTRY_AREA_BASE, b.PAGE_SIZE, b.PAGE_KERNEL_RO),
+            ("GDT", area, b.PAGE_SIZE, b.PAGE_KERNEL_RO),
+            ("entry stack", area + 1 * b.PAGE_SIZE, b.PAGE_SIZE, b.PAGE_KERNEL),
+            ("TSS (read-only)", area + 2 * b.PAGE_SIZE, b.PAGE_SIZE, b.PAGE_KERNEL_RO),
+            ("#DF stack", area + 4 * b.PAGE_SIZE, b.PAGE_SIZE, b.PAGE_KERNEL),
+            ("NMI stack", area + 6 * b.PAGE_SIZE, b.PAGE_SIZE, b.PAGE_KERNEL),
         ]
+        if self._syscall_trampoline():
+            pages.append(("entry trampoline", area + 7 * b.PAGE_SIZE, b.PAGE_SIZE,
+                          b.PAGE_KERNEL_RX))
+        return pages
+
+    def _syscall_trampoline(self) -> bool:
+        """Does SYSCALL enter through the cpu_entry_area trampoline (Linux 4.15 with PTI:
+        syscall_init() points MSR_LSTAR at it only if X86_FEATURE_PTI)?"""
+        return self.linux.syscall_entry == "trampoline" and self.isolation.name == "pti"
 
     def _cea_backing(self, name: str) -> int:
         storage = {"IDT (read-only)": "percpu_hot", "GDT": "gdt_page",
                    "entry stack": "entry_stack_storage", "TSS (read-only)": "cpu_tss_rw",
                    "#DF stack": "exception_stacks_df", "NMI stack": "exception_stacks_nmi"}
+        if name == "entry trampoline":  # _entry_trampoline's page of the kernel text
+            return self.image.pa(self.image.symbol("entry_SYSCALL_64_trampoline"))
         return self.image.pa(self.image.percpu(storage[name]))
 
     def cea(self, name: str) -> int:
@@ -200,8 +228,10 @@ class Kernel:
         return next(va for n, va, _, _ in self.cea_pages() if n == name)
 
     def _map_cpu_entry_area(self) -> None:
+        glob = b.PAGE_GLOBAL if self.isolation.shared_global() else 0
         for name, va, size, flags in self.cea_pages():
-            self.kernel_tables.map(va, self._cea_backing(name), size, flags | b.PAGE_GLOBAL)
+            self.kernel_tables.map(va, self._cea_backing(name), size,
+                                   (flags & ~b.PAGE_GLOBAL) | glob)
 
     def _map_espfix(self) -> None:
         self.kernel_tables.map(L.ESPFIX_BASE_ADDR, self.alloc.alloc(), b.PAGE_SIZE,

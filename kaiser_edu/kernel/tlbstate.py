@@ -1,9 +1,12 @@
 """The kernel's side of the TLB: ASIDs, PCIDs and the CR3 values (arch/x86/mm/tlb.c).
 
 Linux does not give every process its own PCID. Each CPU keeps a tiny cache of the last
-``TLB_NR_DYN_ASIDS`` = 6 address spaces it ran (``cpu_tlbstate.ctxs``); an address space
-that is still in the cache comes back with its TLB entries intact, one that is not takes the
-next slot round-robin and starts with a flush. Slot ``asid`` runs with
+``TLB_NR_DYN_ASIDS`` = 6 address spaces it ran (``cpu_tlbstate.ctxs``). An address space
+that is still in the cache gets its old slot back, and keeps its TLB entries only if they
+are current: choose_new_asid() compares the slot's ``tlb_gen`` with the mm's and asks for a
+flush when the mm's page tables changed (a flush was requested) since the slot last saw it.
+One that is not in the cache takes the next slot round-robin and starts with a flush. Slot
+``asid`` runs with
 
 * kernel PCID ``kern_pcid(asid) = asid + 1`` (PCID 0 is left to code that knows no PCIDs),
 * user PCID ``user_pcid(asid) = kern_pcid(asid) | 1 << 11`` (PTI only: the user half of the
