@@ -43,6 +43,7 @@ import numpy as np
 from kaiser_edu.errors import KaiserEduError
 from kaiser_edu.hw import bits as b
 
+TRACES_DIR = Path(__file__).parent / "traces"  # the shipped traces and make_traces.sh
 CHUNK = 1 << 16  # lines per chunk
 CPI = 1.0  # assumed cycles per instruction of the traced program's own work
 USER_LIMIT = 1 << 47  # lackey traces user-space addresses: the lower canonical half
