@@ -194,7 +194,7 @@ def _dispatch(args):
         return out, _report_rows(r), lambda: plots.breakdown_bars({args.mode: r}), text
     if wl == "working-set":
         sets = args.working_sets or W.GREGG_WORKING_SETS_KIB
-        res = W.working_set(args.mode, args.cpu, args.rate, sets)
+        res = W.working_set(args.mode, args.cpu, args.rate, sets, progress=True)
         rows = [row | {"pages": name} for name, s in res.items() for row in s.as_rows()]
         text = "\n".join([f"working set at {args.rate:,.0f} calls/s, {args.mode} on {args.cpu}",
                           f"  {'KiB':>8}  {'4 KiB pages':>12}  {'2 MiB pages':>12}"]
