@@ -138,3 +138,15 @@ def test_working_set_sweep_has_both_page_sizes():
 def test_bad_input_is_refused(call, match):
     with pytest.raises(KaiserEduError, match=match):
         call()
+
+
+@pytest.mark.parametrize("cpu", ["skylake", "haswell", "westmere", "core2", "icelake", "zen2"])
+def test_every_mode_runs_on_every_cpu_model(cpu):
+    """Each mode on each CPU model: PTI without PCID never beats PTI with it, and on Core 2
+    (no PCID) the two are the same machine."""
+    r = {m: W.syscall(m, cpu=cpu, work_cycles=2000, working_set_kib=64, calls=8)
+         for m in W.MODES}
+    assert r["off"].overhead == 0
+    assert 0 < r["pti"].overhead <= r["pti-nopcid"].overhead
+    if cpu == "core2":
+        assert r["pti"].cycles_per_call == r["pti-nopcid"].cycles_per_call
