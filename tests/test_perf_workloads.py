@@ -77,13 +77,18 @@ def test_nopcid_overhead_grows_with_the_syscall_rate(rates, ws):
 
 @settings(max_examples=10)
 @given(sets=st.lists(st.sampled_from([16, 64, 256, 1024, 4096]), min_size=2, max_size=2,
-                     unique=True), rate=st.sampled_from([2e4, 1e5, 5e5]))
+                     unique=True), rate=st.sampled_from([1e4, 2e4, 1e5]))
 def test_nopcid_cost_grows_with_the_working_set_up_to_the_tlb_reach(sets, rate):
     """More pages to refill after each flush, up to what the STLB holds (1536 x 4 KiB =
     6 MiB): the extra cycles per call grow with the working set. The *relative* overhead
     grows too while the baseline stays in the L1/L2 TLB (to 1 MiB here); past that the
     baseline itself gets slower (STLB hits, conflict misses) and the fraction can fall, and
-    beyond the STLB's reach it falls again as off misses too. Lesson 08 shows both."""
+    beyond the STLB's reach it falls again as off misses too. Lesson 08 shows both.
+
+    At rates where a call touches fewer pages than the working set holds (500k/s: 40
+    touches), the pages refilled per call saturate at the touches, and two working sets
+    above that differ by less than the noise of the random draws: not tested there (an
+    exhaustive run over this test's space found no exception at <= 100k/s)."""
     small, big = sorted(sets)
     s = W.sweep([rate], [small, big], ["pti-nopcid"], calls=16)
     extra = s.cycles_per_call[1, 0] - s.cycles_per_call[0, 0]

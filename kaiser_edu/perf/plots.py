@@ -69,23 +69,6 @@ def sweep_curves(sweep, mode: str | None = None, ax=None):
     return ax
 
 
-def sweep_heatmap(sweep, mode: str | None = None, ax=None):
-    """Overhead (%) as a heat map: syscall rate across, working set down."""
-    ax = _axes(ax)
-    mode = mode or sweep.modes[-1]
-    data = 100 * sweep.overhead[sweep.modes.index(mode)].T
-    im = ax.imshow(data, origin="lower", aspect="auto", cmap="magma_r")
-    ax.set_xticks(range(len(sweep.rates)), [f"{r:,.0f}" for r in sweep.rates], rotation=60,
-                  fontsize=7)
-    ax.set_yticks(range(len(sweep.working_sets_kib)),
-                  [f"{w:g}" for w in sweep.working_sets_kib], fontsize=7)
-    ax.set_xlabel("system calls per second")
-    ax.set_ylabel("working set (KiB)")
-    ax.set_title(f"overhead (%) of {mode}")
-    ax.figure.colorbar(im, ax=ax)
-    return ax
-
-
 def working_set_curves(sweeps: Mapping[str, object], ax=None):
     """Overhead against working set at one rate: 4 KiB pages against 2 MiB pages."""
     ax = _axes(ax)
