@@ -185,7 +185,7 @@ def _dispatch(args):
         from kaiser_edu.perf.trace import replay_report
 
         r, stats = replay_report(args.file, args.mode, args.cpu, args.syscall_every,
-                                 not args.no_marks, args.limit)
+                                 not args.no_marks, args.limit, progress=True)
         out = r.as_dict() | {"trace": stats.__dict__, "file": args.file,
                              "call": "one traced instruction"}
         text = (_text_report(r, f"trace {args.file}") + f"\n  trace: {stats.accesses:,} "

@@ -153,11 +153,15 @@ class TraceStats:
 
 
 def replay(source, mode: str = "pti", cpu: str = "skylake", syscall_every: int | None = None,
-           marked: bool = True, limit: int | None = None, seed: int = 0):
+           marked: bool = True, limit: int | None = None, seed: int = 0,
+           progress: bool = False):
     """Replay a trace under ``mode``: returns (:class:`~kaiser_edu.perf.cost.Counts`,
     :class:`TraceStats`). A "call" of the counts is one traced instruction, so cycles per
     call are cycles per instruction. System calls are injected after every
-    ``syscall_every`` accesses and/or at ``#syscall`` marks (``marked``)."""
+    ``syscall_every`` accesses and/or at ``#syscall`` marks (``marked``); ``progress``
+    shows a tqdm bar of the accesses replayed (on stderr)."""
+    from tqdm import tqdm
+
     from kaiser_edu.kernel.mm import PROT_EXEC, PROT_READ, PROT_WRITE, vm_page_prot
     from kaiser_edu.perf.cost import Counts
     from kaiser_edu.perf.workloads import Machine
@@ -174,6 +178,8 @@ def replay(source, mode: str = "pti", cpu: str = "skylake", syscall_every: int |
     stats = TraceStats()
     totals = {}
     done = 0
+    bar = tqdm(desc=f"replay ({mode})", unit=" accesses", unit_scale=True, total=limit,
+               disable=not progress, leave=False)
     for ch in read_chunks(source):
         if limit is not None and done >= limit:
             break
@@ -201,6 +207,8 @@ def replay(source, mode: str = "pti", cpu: str = "skylake", syscall_every: int |
         stats.accesses += len(ch)
         stats.instructions += ch.instructions
         stats.syscalls += len(points)
+        bar.update(len(ch))
+    bar.close()
     if not done:
         raise KaiserEduError("the trace has no accesses")
     stats.pages = len(mapped)
@@ -236,13 +244,13 @@ def _interleave(ch: Chunk, sys, points: list[int]):
 
 def replay_report(source, mode: str = "pti", cpu: str = "skylake",
                   syscall_every: int | None = None, marked: bool = True,
-                  limit: int | None = None):
+                  limit: int | None = None, progress: bool = False):
     """:func:`replay` under ``mode`` and under ``off``, priced: a
     :class:`~kaiser_edu.perf.cost.CostReport` with the overhead, and the trace's stats."""
     from kaiser_edu.kernel.timing import timing
     from kaiser_edu.perf.cost import CostReport
 
-    off, _ = replay(source, "off", cpu, syscall_every, marked, limit)
-    counts, stats = replay(source, mode, cpu, syscall_every, marked, limit)
+    off, _ = replay(source, "off", cpu, syscall_every, marked, limit, progress=progress)
+    counts, stats = replay(source, mode, cpu, syscall_every, marked, limit, progress=progress)
     base = CostReport("off", cpu, off, timing(cpu)).cycles_per_call
     return CostReport(mode, cpu, counts, timing(cpu), base), stats
