@@ -110,19 +110,25 @@ def _report_rows(report) -> list[dict]:
 
 
 def _text_report(report, what: str) -> str:
+    def num(v: float) -> str:  # per-instruction figures of a trace are small
+        return f"{v:,.1f}" if abs(v) >= 10 or v == 0 else f"{v:.4f}"
+
     lines = [f"{what}: {report.mode} on {report.cpu}",
-             f"  cycles per call  {report.cycles_per_call:,.1f}",
+             f"  cycles per call  {num(report.cycles_per_call)}",
              f"  calls per second {report.calls_per_s:,.0f}"]
     if report.overhead is not None:
         lines.append(f"  overhead         {report.overhead:+.2%} "
-                     f"(off: {report.baseline_cycles_per_call:,.1f} cycles per call)")
+                     f"(off: {num(report.baseline_cycles_per_call)} cycles per call)")
     lines.append("  where the cycles go (per call):")
-    lines += [f"    {k:<15} {v:12,.1f}" for k, v in report.breakdown.items() if v]
+    lines += [f"    {k:<15} {num(v):>12}" for k, v in report.breakdown.items() if v]
     m = report.counts.mmu
     n = report.counts.calls
-    lines.append(f"  counters per call: TLB L1 hits {m['l1_hits'] / n:.1f}, L2 hits "
-                 f"{m['l2_hits'] / n:.1f}, walks {m['walks'] / n:.2f}, CR3 writes "
-                 f"{m['cr3_writes'] / n:.2f}, flushes {m['flushes'] / n:.2f}")
+    lines.append(f"  counters per call: TLB L1 hits {num(m['l1_hits'] / n)}, L2 hits "
+                 f"{num(m['l2_hits'] / n)}, walks {num(m['walks'] / n)}, CR3 writes "
+                 f"{num(m['cr3_writes'] / n)}, flushes {num(m['flushes'] / n)}")
+    lines.append(f"  totals: {n:,} calls, {m['walks']:,} walks, {m['cr3_writes']:,} CR3 "
+                 f"writes, {m['flushes']:,} flushes, {report.counts.kernel_entries:,} "
+                 "kernel entries")
     return "\n".join(lines)
 
 
