@@ -155,3 +155,20 @@ def test_every_mode_runs_on_every_cpu_model(cpu):
     assert 0 < r["pti"].overhead <= r["pti-nopcid"].overhead
     if cpu == "core2":
         assert r["pti"].cycles_per_call == r["pti-nopcid"].cycles_per_call
+
+
+@pytest.mark.parametrize("mode", list(W.MODES))
+def test_one_syscall_from_the_event_log_matches_the_loop(mode):
+    """syscall_steps: the event log's two halves, each with its own counters; together
+    they are one call of the steady-state loop, and each event's TLB misses are the walks
+    its counters saw."""
+    from kaiser_edu.kernel.timing import timing
+    from kaiser_edu.perf.cost import CostReport, cycles
+
+    steps = W.syscall_steps(mode)
+    assert [e.kind for e, _ in steps] == ["syscall_entry", "syscall_exit"]
+    for event, counts in steps:
+        assert event.tlb_misses == counts.mmu["walks"]
+    t = timing("skylake")
+    loop = CostReport(mode, "skylake", W.Machine(mode, max_ws_kib=4).run_syscalls(0, 4, 50), t)
+    assert sum(cycles(c, t) for _, c in steps) == pytest.approx(loop.cycles_per_call)

@@ -50,6 +50,33 @@ def breakdown_bars(reports: Mapping[str, CostReport], ax=None, skip_user: bool =
     return ax
 
 
+def event_bars(steps: Mapping[str, list], timing, ax=None):
+    """Stacked bars from the event log of one system call per mode
+    (:func:`kaiser_edu.perf.workloads.syscall_steps`): each category split into the entry
+    half (solid) and the exit half (hatched) of the round trip."""
+    from kaiser_edu.perf.cost import breakdown
+
+    ax = _axes(ax, (8.5, 3.8))
+    names = list(steps)
+    bottom = np.zeros(len(names))
+    for half, hatch in (("entry", ""), ("exit", "//")):
+        for cat in CATEGORIES:
+            vals = np.array([sum(breakdown(c, timing)[cat] for e, c in steps[n]
+                                 if e.kind.endswith(half)) for n in names])
+            if not vals.any():
+                continue
+            ax.bar(names, vals, bottom=bottom, color=COLORS[cat], hatch=hatch,
+                   edgecolor="white", label=f"{cat.replace('_', ' ')} ({half})")
+            bottom += vals
+    for i, total in enumerate(bottom):
+        ax.annotate(f"{total:.0f}", (i, total), ha="center", va="bottom", fontsize=8)
+    ax.set_ylabel("cycles of one system call")
+    ax.set_ylim(0, bottom.max() * 1.15)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    ax.figure.tight_layout()
+    return ax
+
+
 def sweep_curves(sweep, mode: str | None = None, ax=None):
     """Overhead against syscall rate, one curve per working set, for one mode."""
     ax = _axes(ax)

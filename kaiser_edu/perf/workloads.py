@@ -170,6 +170,35 @@ class Machine:
         return c
 
 
+# --- one system call, step by step ------------------------------------------------------------
+def syscall_steps(mode: str, cpu: str = "skylake", seed: int = 0) -> list[tuple[object, Counts]]:
+    """One steady-state system call of the simulated kernel (``Kernel.syscall``), as the
+    two events it logs (``syscall_entry`` up to the way out, ``syscall_exit`` from there),
+    each with the MMU counters of exactly its own operations: (event, counts) pairs. The
+    kernel entry (SYSCALL/SYSRET and the handler's work) is counted with the entry half."""
+    machine = Machine(mode, cpu, max_ws_kib=4, seed=seed)  # its boot made one syscall
+    k = machine.kernel
+    captured: list[dict[str, int]] = []
+    real = k.mmu.run
+
+    def run(trace, *args, **kwargs):
+        result = real(trace, *args, **kwargs)
+        captured.append(result.counters)
+        return result
+
+    k.mmu.run = run  # observe only: every MMU run of this one syscall
+    try:
+        before = len(k.events)
+        out = k.syscall(machine.task)
+    finally:
+        del k.mmu.run
+    events = list(k.events)[before:]
+    if not out.ok or len(events) != len(captured):
+        raise KaiserEduError(f"syscall under {mode} did not run as two logged steps: {out}")
+    return [(e, Counts(mmu=c, kernel_entries=int(e.kind.endswith("_entry"))))
+            for e, c in zip(events, captured, strict=True)]
+
+
 # --- the syscall loop ---------------------------------------------------------------------------
 def syscall(mode: str = "pti", cpu: str = "skylake", work_cycles: float = 2000,
             working_set_kib: float = 64, calls: int = 200, huge: bool = False,
