@@ -84,6 +84,7 @@ def test_gzip_is_read_transparently(tmp_path):
     ("I  04001e50,3\n\n X 1234,8\n", 3),
     ("I  04001e50,3\n L 0x1234,8\n", 2),
     ("hello world\n", 1),
+    ("I  04001e50,3\n\tL 1234,8\n", 2),
 ])
 def test_a_malformed_line_is_refused_with_its_number_and_content(bad, lineno):
     with pytest.raises(T.TraceFormatError) as e:
@@ -148,7 +149,7 @@ def test_shipped_traces_are_real_lackey_traces_within_the_size_limit():
         path = TRACES / name
         assert path.stat().st_size <= 5 * 2**20, name
         ch = next(T.read_chunks(path))
-        assert len(ch) == T.CHUNK and ch.instructions > 0
+        assert len(ch) > 0.9 * T.CHUNK and ch.instructions > 0
     assert (TRACES / "make_traces.sh").is_file() and (TRACES / "wordfreq.c").is_file()
 
 
@@ -169,3 +170,18 @@ def test_a_fresh_trace_made_with_valgrind(tmp_path):
     counts, stats = T.replay(out, "pti")
     assert stats.accesses > 10_000 and stats.syscalls > 5 and stats.pages > 10
     assert counts.mmu["page_faults"] == 0 and counts.mmu["cr3_writes"] == 2 * stats.syscalls
+
+
+def test_files_are_read_in_blocks_with_the_same_result(tmp_path, monkeypatch):
+    """A file is read in blocks of bytes, whatever the block boundaries (here 7 bytes, so
+    lines are cut everywhere), CRLF or a missing last newline: the same as a text stream."""
+    text = GOOD + "".join(f" L {0x1000 + 8 * i:x},8\n" for i in range(50)) + "I  4001e60,2"
+    want = list(T.read_chunks(io.StringIO(text), chunk=16))
+    monkeypatch.setattr(T, "READ_BYTES", 7)
+    for name, data in (("unix.lackey", text), ("dos.lackey", text.replace("\n", "\r\n"))):
+        path = tmp_path / name
+        path.write_bytes(data.encode())
+        got = list(T.read_chunks(path, chunk=16))
+        assert [(c.first_line, c.kind.tolist(), c.addr.tolist(), c.marks.tolist())
+                for c in got] == [(c.first_line, c.kind.tolist(), c.addr.tolist(),
+                                   c.marks.tolist()) for c in want], name

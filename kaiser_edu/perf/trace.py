@@ -32,10 +32,10 @@ read-modify-write of the same address: one translation, which sets D).
 from __future__ import annotations
 
 import gzip
-import io
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 
 import numpy as np
@@ -47,7 +47,7 @@ TRACES_DIR = Path(__file__).parent / "traces"  # the shipped traces and make_tra
 CHUNK = 1 << 16  # lines per chunk
 CPI = 1.0  # assumed cycles per instruction of the traced program's own work
 USER_LIMIT = 1 << 47  # lackey traces user-space addresses: the lower canonical half
-_LINE = re.compile(r"^(I |\s[LSM])\s*([0-9a-fA-F]+),(\d+)\s*$")
+_LINE = re.compile(r"^(I | [LSM]) *([0-9a-fA-F]+),(\d+)\s*$")
 KIND_CODES = {"I ": b.ACCESS_FETCH, " L": b.ACCESS_READ, " S": b.ACCESS_WRITE,
               " M": b.ACCESS_WRITE}
 SYSCALL_MARK = "#syscall"
@@ -79,58 +79,64 @@ class Chunk:
         return int(np.count_nonzero(self.kind == b.ACCESS_FETCH))
 
 
-def _open_text(source) -> tuple[io.TextIOBase, str, bool]:
-    """(text stream, name for messages, whether we opened it)."""
+def _open_source(source) -> tuple[object, str, bool]:
+    """(stream, name for messages, whether we opened it). A path is opened in binary (gzip
+    or plain: read in large blocks, which is much faster than text-mode lines); an open
+    file is read line by line as it is."""
     if isinstance(source, (str, Path)):
         path = Path(source)
         if not path.is_file():
             raise KaiserEduError(f"trace file {str(path)!r} does not exist")
         with open(path, "rb") as probe:
             gz = probe.read(2) == b"\x1f\x8b"
-        stream = (gzip.open(path, "rt", encoding="ascii", errors="replace") if gz  # noqa: SIM115
-                  else open(path, encoding="ascii", errors="replace"))  # noqa: SIM115
-        return stream, str(path), True
+        return (gzip.open(path, "rb") if gz else open(path, "rb")), str(path), True  # noqa: SIM115
     return source, getattr(source, "name", "<trace>"), False
+
+
+READ_BYTES = 1 << 22  # bytes read at a time from a trace file
+
+
+def _line_blocks(stream, owned: bool, chunk: int) -> Iterator[list[str]]:
+    """Lists of at most ``chunk`` lines, without their newlines."""
+    if not owned:  # an open text file: its own line iteration
+        while True:
+            lines = [line.rstrip("\n") for line in islice(stream, chunk)]
+            if not lines:
+                return
+            yield lines
+    pending: list[str] = []
+    rest = ""
+    while True:
+        data = stream.read(READ_BYTES)
+        if not data:
+            break
+        parts = (rest + data.decode("ascii", errors="replace")).split("\n")
+        rest = parts.pop()
+        pending.extend(parts)
+        while len(pending) >= chunk:
+            yield pending[:chunk]
+            del pending[:chunk]
+    if rest:
+        pending.append(rest)
+    for i in range(0, len(pending), chunk):
+        yield pending[i:i + chunk]
 
 
 def read_chunks(source, chunk: int = CHUNK) -> Iterator[Chunk]:
     """Stream a lackey trace (path, ``.gz`` path, or an open text file) as :class:`Chunk`\\ s
-    of at most ``chunk`` accesses."""
+    of the accesses in at most ``chunk`` lines each (a file is read in blocks of
+    :data:`READ_BYTES`, much faster than text-mode lines through gzip)."""
     if not isinstance(chunk, int) or chunk < 1:
         raise KaiserEduError(f"chunk must be a positive integer, got {chunk!r}")
-    stream, name, owned = _open_text(source)
+    stream, name, owned = _open_source(source)
     try:
-        kinds, addrs, sizes, marks = [], [], [], []
         first = 1
-        lineno = 0
-        for lineno, line in enumerate(stream, start=1):  # noqa: B007 (used after the loop)
-            m = _LINE.match(line)
-            if m is not None:
-                addr = int(m.group(2), 16)
-                if addr >= USER_LIMIT:
-                    raise TraceFormatError(
-                        f"{name}:{lineno}: address {addr:#x} is not a user-space address "
-                        f"(below {USER_LIMIT:#x}): {line.rstrip()!r}")
-                kinds.append(KIND_CODES[m.group(1)])
-                addrs.append(addr)
-                sizes.append(int(m.group(3)))
-                if len(kinds) == chunk:
-                    yield _chunk(kinds, addrs, sizes, marks, first)
-                    kinds, addrs, sizes, marks = [], [], [], []
-                    first = lineno + 1
-                continue
-            text = line.strip()
-            if text == SYSCALL_MARK or _VG_SYSCALL.match(text):
-                marks.append(len(kinds))
-            elif text and not text.startswith(("==", "#", "--", "SYSCALL[")):
-                raise TraceFormatError(
-                    f"{name}:{lineno}: not a lackey trace line: {line.rstrip()!r}; expected "
-                    "'I  ADDR,SIZE' or ' L|S|M ADDR,SIZE' (hex address, decimal size), "
-                    "'#syscall', a '#' comment or a line valgrind writes itself "
-                    "('==pid==', '--pid--', 'SYSCALL[...]', ' --> ...')")
-        if kinds or marks:
-            yield _chunk(kinds, addrs, sizes, marks, first)
-        if lineno == 0:
+        for lines in _line_blocks(stream, owned, chunk):
+            block = _parse_block(lines, first, name)
+            if block is not None:
+                yield block
+            first += len(lines)
+        if first == 1:
             raise TraceFormatError(f"{name}: the trace is empty")
     except (OSError, EOFError, gzip.BadGzipFile) as e:
         raise TraceFormatError(f"{name}: cannot read the trace: {e}") from e
@@ -139,7 +145,33 @@ def read_chunks(source, chunk: int = CHUNK) -> Iterator[Chunk]:
             stream.close()
 
 
-def _chunk(kinds, addrs, sizes, marks, first) -> Chunk:
+def _parse_block(lines: list[str], first: int, name: str) -> Chunk | None:
+    """One block of lines (the first is line ``first``): its accesses and marks, or None if
+    it has neither; anything malformed raises with its line number and content."""
+    kinds, addrs, sizes, marks = [], [], [], []
+    for lineno, line in enumerate(lines, start=first):
+        m = _LINE.match(line)
+        if m is not None:
+            addr = int(m.group(2), 16)
+            if addr >= USER_LIMIT:
+                raise TraceFormatError(
+                    f"{name}:{lineno}: address {addr:#x} is not a user-space address "
+                    f"(below {USER_LIMIT:#x}): {line.rstrip()!r}")
+            kinds.append(KIND_CODES[m.group(1)])
+            addrs.append(addr)
+            sizes.append(int(m.group(3)))
+            continue
+        text = line.strip()
+        if text == SYSCALL_MARK or _VG_SYSCALL.match(text):
+            marks.append(len(kinds))
+        elif text and not text.startswith(("==", "#", "--", "SYSCALL[")):
+            raise TraceFormatError(
+                f"{name}:{lineno}: not a lackey trace line: {line.rstrip()!r}; expected "
+                "'I  ADDR,SIZE' or ' L|S|M ADDR,SIZE' (hex address, decimal size), "
+                "'#syscall', a '#' comment or a line valgrind writes itself "
+                "('==pid==', '--pid--', 'SYSCALL[...]', ' --> ...')")
+    if not kinds and not marks:
+        return None
     return Chunk(np.array(kinds, dtype=np.uint8), np.array(addrs, dtype=np.uint64),
                  np.array(sizes, dtype=np.uint32), np.array(marks, dtype=np.int64), first)
 
