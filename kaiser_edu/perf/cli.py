@@ -140,8 +140,11 @@ def _write_csv(path: str, rows: list[dict]) -> None:
 
 
 def _save(ax, path: str) -> None:
+    import matplotlib.pyplot as plt
+
     ax.figure.tight_layout()
     ax.figure.savefig(path, dpi=120)
+    plt.close(ax.figure)  # the figure came from pyplot: do not leave it registered there
 
 
 def _check_outputs(args) -> None:
