@@ -27,6 +27,7 @@ SUBCOMMANDS = {
     "doctor": ("kaiser_edu.course.doctor", "check this machine: versions, numba, Meltdown/KPTI"),
     "check": ("kaiser_edu.course.check_notebook", "run a lab notebook and report every exercise"),
     "build-exercises": ("kaiser_edu.course.build_cli", "write exercises/ from solutions/"),
+    "perf": ("kaiser_edu.perf.cli", "what isolation costs: syscalls, switches, traces, sweeps"),
 }
 
 

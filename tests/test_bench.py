@@ -64,6 +64,7 @@ GOOD = {
     "hit_ns": 5.0, "floor_ns": 2.5, "random_ns": 30.0, "reference_hit_ns": 600.0,
     "reference_random_ns": 10000.0, "warm_start_s": 0.5, "peak_rss_mib_1e6_pages": 300.0,
     "syscall_off_per_s": 12e6, "syscall_pti_pcid_per_s": 11e6, "syscall_pti_nopcid_per_s": 2e6,
+    "perf_sweep_s": 2.0, "perf_syscall_ns": 100.0, "syscall_pti_pcid_ns": 90.0,
 }
 
 

@@ -25,7 +25,9 @@ def test_orders_of_magnitude_the_lessons_rely_on():
     for t in TIMINGS.values():
         assert t.l1_tlb_hit <= t.walk_level < t.cache_miss
         assert t.reload_hit < t.reload_miss
-        assert 50 <= t.cr3_write <= 200  # pti.rst: "on the order of a hundred cycles"
+        # pti.rst: "on the order of a hundred cycles"; Hansen: CR3 manipulation adds "a few
+        # hundred cycles" per syscall. The Skylake value is fitted (kaiser_edu.perf.calibrate).
+        assert 50 <= t.cr3_write <= 400
         assert t.clock_ghz > 1
 
 

@@ -293,6 +293,17 @@ class EntryCode:
         left = self._run("syscall", path, task)
         return Outcome(left.status, left.detail, entered.events + left.events)
 
+    def syscall_trace(self, task, work: int = KERNEL_WORK) -> Trace:
+        """The MMU operations of one system call round trip from the current state, not run.
+
+        For workloads that interleave user code with system calls in one MMU trace
+        (:mod:`kaiser_edu.perf`): build it after a real :meth:`syscall` (which performs any
+        pending user-PCID flush), and the trace is the steady-state round trip that
+        :meth:`syscall_batch` repeats. Building it goes through SWITCH_TO_USER_CR3's
+        bookkeeping, so a flush still pending would be consumed here and done by every copy.
+        """
+        return self._syscall_path(task, work).ops.build()
+
     def syscall_batch(self, task, n: int, work: int = KERNEL_WORK) -> dict[str, int]:
         """``n`` identical system calls as one MMU trace (for benchmarks and cost lessons).
 

@@ -91,12 +91,13 @@ SOURCES: dict[str, str] = {
     "cache_miss": ASSUMED + " (DRAM latency of the order of 60-100 ns)",
     "timer_overhead": ASSUMED + " (rdtscp with mfence, as in IAIK/meltdown libkdump.c)",
     "clflush": ASSUMED,
-    "cr3_write": PTI_RST + ": CR3 manipulation costs 'on the order of a hundred cycles'",
+    "cr3_write": "fitted by kaiser_edu.perf.calibrate to " + HANSEN_V2 + " lseek1 rates, with "
+                 + PTI_RST + " ('on the order of a hundred cycles') as its prior",
     "tlb_flush": ASSUMED + " (the refills it causes are counted separately, as walks)",
     "invpcid": ASSUMED,
     "invlpg": ASSUMED,
     "syscall_sysret": ASSUMED,
-    "entry_work": ASSUMED + "; the performance lab fits it to " + HANSEN_V2 + " lseek1 rates",
+    "entry_work": "fitted by kaiser_edu.perf.calibrate to " + HANSEN_V2 + " lseek1 rates",
     "fault_delivery": ASSUMED + " (signal delivery and sigreturn: a few thousand cycles)",
     "noise_sigma": ASSUMED,
     "tail_prob": ASSUMED,
@@ -108,8 +109,8 @@ _SKYLAKE = Timing(
     clock_ghz=4.0,  # i7-6700K, the Meltdown paper's test machine
     l1_tlb_hit=1.0, l2_tlb_hit=9.0, walk_level=12.0,
     cache_hit=4.0, cache_miss=250.0, timer_overhead=40.0, clflush=20.0,
-    cr3_write=100.0, tlb_flush=50.0, invpcid=100.0, invlpg=120.0,
-    syscall_sysret=70.0, entry_work=450.0, fault_delivery=2500.0,
+    cr3_write=300.0, tlb_flush=50.0, invpcid=100.0, invlpg=120.0,
+    syscall_sysret=70.0, entry_work=680.0, fault_delivery=2500.0,
     noise_sigma=8.0, tail_prob=0.002, tail_cycles=4000.0,
 )
 

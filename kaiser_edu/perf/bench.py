@@ -511,3 +511,44 @@ def run(args: argparse.Namespace) -> int:
               f" (scale {args.scale:g}: targets are meant for scale 1)"))
         print(format_table(rows))
     return 1 if args.check and missed else 0
+
+
+@measurement
+def perf_sweep(bench: Bench) -> str:
+    """The performance lab's Gregg-style sweep (:func:`kaiser_edu.perf.workloads.sweep`):
+    10 syscall rates x 8 working sets x 4 modes (off and three isolation modes), each point
+    a simulated syscall loop with user work on the working set, priced by the cost model.
+    Timed in process CPU time, after a small warm-up sweep (boot, numba caches loaded). At
+    a scale below 1 only 2 rates x 2 working sets run (a smoke test). Also: one simulated
+    lseek-like syscall inside the lab's workload traces (PTI with PCID, no user work), to
+    hold against the engine's own syscall figure (``syscall_pti_pcid_ns``)."""
+    from kaiser_edu.perf import workloads as W
+
+    rates, sets = W.GREGG_RATES, W.GREGG_WORKING_SETS_KIB
+    if bench.scale < 1:
+        rates, sets = rates[3:5], sets[:2]
+    W.sweep(rates[:1], sets[:1], W.SWEEP_MODES)  # warm-up
+    t0 = time.process_time()
+    s = W.sweep(rates, sets, W.SWEEP_MODES)
+    cpu_s = bench.record("perf_sweep_s", time.process_time() - t0)
+    ns_op = bench.record("perf_sweep_ns_per_op", cpu_s * 1e9 / s.mmu_ops)
+    machine = W.Machine("pti", max_ws_kib=4)
+    calls = bench.size(SYSCALLS // 4)
+    machine.run_syscalls(0, 4, calls=min(calls, 1000), warmup=0)  # warm-up
+    t0 = time.process_time()
+    machine.run_syscalls(0, 4, calls=calls, warmup=0)
+    per_call = bench.record("perf_syscall_ns", (time.process_time() - t0) * 1e9 / calls)
+    engine = bench.results.get("syscall_pti_pcid_ns", math.nan)
+    points = s.cycles_per_call.size
+    return (f"perf sweep: {len(rates)} rates x {len(sets)} working sets x "
+            f"{len(s.modes) + 1} modes = {points} points in {cpu_s:.2f} s CPU; "
+            f"{s.syscalls:,} syscalls and {s.mmu_ops:,} MMU ops simulated, "
+            f"{ns_op:.1f} ns per op; one workload syscall {per_call:.0f} ns "
+            f"(engine's syscall_batch: {_num(engine)} ns)")
+
+
+TARGETS.extend([
+    Target("perf_sweep_s", 10, why="Gregg sweep, 10 rates x 8 sets x 4 modes, CPU s"),
+    Target("perf_syscall_ns", 1.5, per="syscall_pti_pcid_ns",
+           why="a workload syscall costs what the engine's does"),
+])

@@ -15,6 +15,8 @@ calling ``.click()``.
   what user mode can reach
 - :mod:`~kaiser_edu.widgets.transition_stepper` (lesson 07): a kernel entry and exit, one MMU
   operation at a time
+- :mod:`~kaiser_edu.widgets.cost` (lesson 08): what PTI costs for a syscall rate, a working
+  set, PCID and huge pages, on the simulated kernel
 - :mod:`~kaiser_edu.widgets.figures`: the lessons' matplotlib figures
 - :mod:`~kaiser_edu.widgets.linux_map`: the Linux x86-64 virtual memory map (mm.rst)
 - :mod:`~kaiser_edu.widgets.practice`: practice problems (lesson 02)
@@ -60,6 +62,8 @@ _EXPORTS = {
     "TransitionStepper": "transition_stepper",
     "transition_steps": "transition_stepper",
     "Quiz": "quiz",
+    "CostExplorer": "cost",
+    "cost_point": "cost",
     "Question": "quiz",
     "Option": "quiz",
 }
