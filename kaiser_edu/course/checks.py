@@ -62,10 +62,12 @@ PASSED = "passed"
 FAILED = "failed"
 NOT_ATTEMPTED = "not_attempted"
 ERROR = "error"
-STATUSES = (PASSED, FAILED, NOT_ATTEMPTED, ERROR)
+MISSING = "missing"  # only in reports: a declared exercise whose check cell is gone
+STATUSES = (PASSED, FAILED, NOT_ATTEMPTED, ERROR, MISSING)
 
 #: What each status is called in notebooks and in the ``kaiser-edu check`` table.
-LABELS = {PASSED: "PASSED", FAILED: "FAILED", NOT_ATTEMPTED: "NOT ATTEMPTED YET", ERROR: "ERROR"}
+LABELS = {PASSED: "PASSED", FAILED: "FAILED", NOT_ATTEMPTED: "NOT ATTEMPTED YET", ERROR: "ERROR",
+          MISSING: "MISSING"}
 
 REPORT_ENV = "KAISER_EDU_CHECK_REPORT"
 REPORT_VERSION = 1
@@ -263,8 +265,15 @@ def where(exc: BaseException) -> str:
     The deepest frame outside kaiser_edu, the standard library and installed packages: if
     the student's code called into the package with a bad argument, that is the student's
     call, not the package line that noticed. Notebook cells are named "its cell" (the
-    kernel's file name for a cell changes with every run).
+    kernel's file name for a cell changes with every run). An exception that came back
+    from a graded run's sandbox carries the student's frames as ``student_frames``
+    (:mod:`kaiser_edu.course.graded`): (file, line, function, code) each.
     """
+    remote = getattr(exc, "student_frames", None)
+    if remote:
+        _, lineno, name, code = remote[-1]
+        text = f"in {name}(), line {lineno} of its cell"
+        return f"{text}:\n    {code}" if code else text
     frames = [f for f in traceback.extract_tb(exc.__traceback__) if not _is_internal(f.filename)]
     if not frames:
         return ""
@@ -275,10 +284,49 @@ def where(exc: BaseException) -> str:
     return f"{text}:\n    {code}" if code else text
 
 
+def raiser(exc: BaseException) -> str:
+    """The qualified name of the function that raised ``exc`` (``SmallTLB.fill``), or ""
+    (also for an exception that came back from a graded run's sandbox)."""
+    remote = getattr(exc, "student_qualname", None)
+    if remote is not None:
+        return remote
+    tb = exc.__traceback__
+    if tb is None:
+        return ""
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    code = tb.tb_frame.f_code
+    return getattr(code, "co_qualname", code.co_name)
+
+
 def describe_exception(exc: BaseException) -> str:
     """``TypeError: unsupported operand ...``: what a student needs, without a traceback."""
     message = clean(str(exc))
     return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+
+
+# --- what a graded run gives the answers ---------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AnswerKit:
+    """What a lab's answers may use in a graded run, where ``kaiser_edu`` cannot be imported
+    (:mod:`kaiser_edu.course.graded`; the protocol is in :mod:`kaiser_edu.course.labs`).
+
+    - ``constants``: names bound to plain values (ints, strings, tuples ...), copied in;
+    - ``functions``: helpers the answers may call (``table_index``); they run in the
+      grader, and the answers see only a function that takes and returns plain values;
+    - ``records``: dataclasses the answers build (lab 03's ``Entry``): the sandbox gets a
+      dataclass with the same name and fields, and the grader turns them back into these;
+    - ``objects``: for each type of object a check hands to the student's code, the
+      attributes and methods the code may use (``"__call__"`` if it may call the object).
+      Anything else on the object is out of reach.
+    """
+
+    constants: Mapping[str, Any] = field(default_factory=dict)
+    functions: tuple[Callable[..., Any], ...] = ()
+    records: tuple[type, ...] = ()
+    objects: Mapping[type, tuple[str, ...]] = field(default_factory=dict)
 
 
 # --- the check ---------------------------------------------------------------------------

@@ -39,7 +39,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from kaiser_edu.course.checks import Case, Check, CheckResult, as_int, hex_or_repr
+from kaiser_edu.course.checks import (
+    AnswerKit,
+    Case,
+    Check,
+    CheckResult,
+    as_int,
+    hex_or_repr,
+)
 from kaiser_edu.errors import MappingError
 from kaiser_edu.hw import bits as b
 from kaiser_edu.hw.address import canonicalize, is_canonical, table_index
@@ -1147,6 +1154,19 @@ check_translate = PathCheck(
 )
 
 CHECKS = (check_decode, check_walk, check_allowed, check_translate)
+
+#: What the answers may use in a graded run (kaiser_edu.course.graded): the constants of the
+#: setup cell, and ``read_qword`` called with an address (nothing else of the memory).
+ANSWER_KIT = AnswerKit(
+    constants={
+        "PAGE_PRESENT": b.PAGE_PRESENT, "PAGE_RW": b.PAGE_RW, "PAGE_USER": b.PAGE_USER,
+        "PAGE_PSE": b.PAGE_PSE, "PAGE_PAT_LARGE": b.PAGE_PAT_LARGE, "PAGE_NX": b.PAGE_NX,
+        "ADDR_MASK": ADDR_MASK, "X86_PF_PROT": b.X86_PF_PROT, "X86_PF_WRITE": b.X86_PF_WRITE,
+        "X86_PF_USER": b.X86_PF_USER, "X86_PF_RSVD": b.X86_PF_RSVD,
+        "X86_PF_INSTR": b.X86_PF_INSTR,
+    },
+    objects={PhysicalMemory: ("__call__",)},
+)
 
 __all__ = [
     "CHECKS", "LabMachine", "PathCase", "PathCheck", "PhysicalMemory", "check_allowed",

@@ -62,12 +62,14 @@ from kaiser_edu.course.checks import (
     FAILED,
     NOT_ATTEMPTED,
     PASSED,
+    AnswerKit,
     Case,
     Check,
     CheckResult,
     clean,
     describe_exception,
     hex_or_repr,
+    raiser,
     where,
     wrap,
 )
@@ -692,13 +694,7 @@ def _mistake_hint(scenarios: Sequence[Scenario], theirs: Sequence[list | None], 
 
 def _not_attempted_method(exc: BaseException) -> str:
     """The name of the student's method that raised NotImplementedError (``SmallTLB.fill``)."""
-    tb = exc.__traceback__
-    if tb is None:
-        return "a method"
-    while tb.tb_next is not None:
-        tb = tb.tb_next
-    code = tb.tb_frame.f_code
-    return getattr(code, "co_qualname", code.co_name)
+    return raiser(exc) or "a method"
 
 
 @dataclass(frozen=True, repr=False)
@@ -1135,3 +1131,6 @@ check_flushing_tlb = TLBCheck(
 )
 
 CHECKS = (check_predict, check_predict_switch, check_small_tlb, check_flushing_tlb)
+
+#: What the answers may use in a graded run (kaiser_edu.course.graded): the Entry record.
+ANSWER_KIT = AnswerKit(records=(Entry,))
