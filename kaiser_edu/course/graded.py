@@ -199,7 +199,7 @@ def load_lab(solution: str | Path) -> Lab:
 
 
 def _call_text(name: str, args: tuple, kwargs: dict) -> str:
-    parts = [ck.hex_or_repr(a) for a in args] + [f"{k}={ck.hex_or_repr(v)}"
+    parts = [ck.hex_or_repr(a) for a in args] + [f"{k}={v!r}"
                                                  for k, v in kwargs.items()]
     return ck.clean(f"{name}({', '.join(parts)})")
 
@@ -606,6 +606,26 @@ def answer_cells(lab: Lab, nb: Any, graded: Graded) -> list[tuple[str, str]]:
     return cells
 
 
+def added_cells(lab: Lab, nb: Any) -> list[str]:
+    """Notes for code cells the solution does not have (by id): a graded run ignores them,
+    and says so, naming what they try if it looks like faking a result."""
+    import nbformat
+
+    authored = {c.get("id") for c in nbformat.read(str(lab.solution), as_version=4).cells}
+    notes = []
+    for number, cell in enumerate(nb.cells, start=1):
+        if cell.cell_type != "code" or cell.get("id") in authored or not cell.source.strip():
+            continue
+        if md.is_answer(cell) or md.is_check(cell):
+            continue  # an answer or check cell found by its grade id
+        tries = [what for word, what in SUSPECT if word in cell.source]
+        tries += [f"calls {name}" for name in sorted(lab.check_names) if name in cell.source]
+        first = cell.source.strip().split("\n", 1)[0][:40]
+        notes.append(f"cell {number} ({first!r}) was added to the lab; a graded run runs only "
+                     "the answer cells" + (f" (it {'; '.join(tries)})" if tries else ""))
+    return notes
+
+
 def grade(path: str | Path, lab: Lab | None = None, budget: float = DEFAULT_BUDGET,
           solutions: str | Path | None = None) -> Any:
     """Grade the notebook at ``path``; a :class:`check_notebook.Report` with ``graded``."""
@@ -616,6 +636,7 @@ def grade(path: str | Path, lab: Lab | None = None, budget: float = DEFAULT_BUDG
         lab = load_lab(solution_for(Path(path).name, solutions))
     graded = Graded()
     cells = answer_cells(lab, nb, graded)
+    graded.notes.extend(added_cells(lab, nb))
     for index, exercise in enumerate(lab.exercises):
         found = _find(nb.cells, exercise.grade_id, exercise.cell_id)
         if found is None:

@@ -130,15 +130,33 @@ def short(text: str) -> str:
 # --- the sandbox side ------------------------------------------------------------------------
 
 
+def _refuse(fullname: str) -> ImportError:
+    return ImportError(f"in a graded run, answers may not import {fullname}: write the code "
+                       "yourself (the names the lab gives you are already defined)",
+                       name=fullname)
+
+
 class ImportGuard(importlib.abc.MetaPathFinder):
-    """Refuses every module of ``kaiser_edu``, naming it."""
+    """Refuses every module of ``kaiser_edu`` (``importlib`` and friends come here)."""
 
     def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> None:
         if fullname == GUARDED or fullname.startswith(GUARDED + "."):
-            raise ImportError(
-                f"in a graded run, answers may not import {fullname}: write the code "
-                "yourself (the names the lab gives you are already defined)", name=fullname)
+            raise _refuse(fullname)
         return None
+
+
+def _guarded_import(original: Any) -> Any:
+    """``__import__`` that names the whole module asked for (``from kaiser_edu.hw import
+    walk`` names kaiser_edu.hw.walk, where the finder would only see kaiser_edu)."""
+
+    def guarded(name: str, globals: Any = None, locals: Any = None, fromlist: Any = (),
+                level: int = 0) -> Any:
+        if level == 0 and (name == GUARDED or name.startswith(GUARDED + ".")):
+            names = [n for n in (fromlist or ()) if isinstance(n, str) and n != "*"]
+            raise _refuse(f"{name}.{names[0]}" if names else name)
+        return original(name, globals, locals, fromlist, level)
+
+    return guarded
 
 
 class GraderError(Exception):
@@ -295,7 +313,8 @@ class Remote:
             return sandbox.callback(data["remote"], name, "get", (), {})
         allowed = sorted([*data.get("methods", ()), *data.get("attrs", ())])
         raise AttributeError(
-            f"{data['name']} has no attribute {name!r} in a graded run (it offers: "
+            f"the {data['name']} handed to your code ({data.get('repr', '?')}) has no "
+            f"attribute {name!r} in a graded run (it offers: "
             f"{', '.join(allowed) or 'only a call'})")
 
     def __setattr__(self, name: str, value: Any) -> None:
@@ -335,6 +354,7 @@ def main() -> None:
     for name in [m for m in sys.modules if m == GUARDED or m.startswith(GUARDED + ".")]:
         del sys.modules[name]
     sys.meta_path.insert(0, ImportGuard())
+    builtins.__import__ = _guarded_import(builtins.__import__)
     Sandbox(Channel(read_fd, write_fd)).loop()
 
 
