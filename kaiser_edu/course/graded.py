@@ -532,15 +532,25 @@ def _stopped_text(e: AnswerStopped, exercise: Exercise, budget: float) -> str:
 
 
 def grade_exercise(lab: Lab, exercise: Exercise, cells: list[tuple[str, str]],
-                   budget: float, graded: Graded, first: bool) -> Any:
-    """One exercise in a fresh sandbox; returns its row (a :class:`check_notebook.Row`)."""
+                   budget: float, graded: Graded, first: bool) -> tuple[Any, float]:
+    """One exercise in a fresh sandbox: its row (a :class:`check_notebook.Row`) and the
+    seconds the student's code used of ``budget``."""
+    proc = AnswerProcess(lab, budget)
+    try:
+        return _grade_in(proc, lab, exercise, cells, graded, first), budget - proc.budget
+    finally:
+        proc.close()
+
+
+def _grade_in(proc: AnswerProcess, lab: Lab, exercise: Exercise, cells: list[tuple[str, str]],
+              graded: Graded, first: bool) -> Any:
     from kaiser_edu.course.check_notebook import Row
 
     def row(status: str, feedback: str, points: int = 0) -> Row:
         return Row(exercise=exercise.grade_id, title=exercise.check.title, status=status,
                    points=points, max_points=exercise.points, feedback=feedback, cell=0)
 
-    proc = AnswerProcess(lab, budget)
+    budget = proc.budget
     try:
         try:
             ready = proc.setup(cells)
@@ -580,8 +590,6 @@ def grade_exercise(lab: Lab, exercise: Exercise, cells: list[tuple[str, str]],
         return row(result.status, feedback, points)
     except AnswerStopped as e:
         return row(ck.ERROR, _stopped_text(e, exercise, budget))
-    finally:
-        proc.close()
 
 
 def answer_cells(lab: Lab, nb: Any, graded: Graded) -> list[tuple[str, str]]:
@@ -627,8 +635,13 @@ def added_cells(lab: Lab, nb: Any) -> list[str]:
 
 
 def grade(path: str | Path, lab: Lab | None = None, budget: float = DEFAULT_BUDGET,
-          solutions: str | Path | None = None) -> Any:
-    """Grade the notebook at ``path``; a :class:`check_notebook.Report` with ``graded``."""
+          solutions: str | Path | None = None, limit: float | None = None) -> Any:
+    """Grade the notebook at ``path``; a :class:`check_notebook.Report` with ``graded``.
+
+    ``budget``: seconds the student's code may run per exercise; ``limit``: for the whole
+    notebook (default: no limit beyond the per-exercise budgets). An exercise that starts
+    with less left gets what is left, and none when nothing is: a "time limit" row.
+    """
     from kaiser_edu.course.check_notebook import Report, Row, load
 
     nb = load(path)
@@ -637,6 +650,7 @@ def grade(path: str | Path, lab: Lab | None = None, budget: float = DEFAULT_BUDG
     graded = Graded()
     cells = answer_cells(lab, nb, graded)
     graded.notes.extend(added_cells(lab, nb))
+    limit_total = limit or 0.0
     for index, exercise in enumerate(lab.exercises):
         found = _find(nb.cells, exercise.grade_id, exercise.cell_id)
         if found is None:
@@ -651,7 +665,17 @@ def grade(path: str | Path, lab: Lab | None = None, budget: float = DEFAULT_BUDG
             graded.notes.append(
                 f"check cell {exercise.grade_id} (cell {found[0]}) was edited: a graded run "
                 f"ignores the edit and runs the lab's own check, {exercise.source}")
-        row = grade_exercise(lab, exercise, cells, budget, graded, first=index == 0)
+        left = budget if limit is None else min(budget, limit)
+        if left <= 0:
+            graded.rows.append(Row(
+                exercise=exercise.grade_id, title=exercise.check.title, status=ck.ERROR,
+                points=0, max_points=exercise.points, cell=found[0],
+                feedback=f"Not graded: the submission's time limit ({limit_total:g} s) was "
+                         "used up by the exercises before it."))
+            continue
+        row, used = grade_exercise(lab, exercise, cells, left, graded, first=index == 0)
+        if limit is not None:
+            limit -= used
         row.cell = found[0]
         graded.rows.append(row)
     report = Report(notebook=str(path), rows=graded.rows)
