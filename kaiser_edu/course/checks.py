@@ -159,6 +159,14 @@ class CheckResult:
             f"{html.escape(self.feedback)}</pre></div>"
         )
 
+    def _ipython_display_(self) -> None:
+        """Shown as display data, not as the cell's result: nbgrader reads a grade cell's
+        ``execute_result`` text as partial credit and warns that "[PASSED] ..." "cannot be
+        converted to a float"; display data it leaves alone (nbgrader.utils.determine_grade)."""
+        from IPython.display import display
+
+        display({"text/plain": self.text(), "text/html": self._repr_html_()}, raw=True)
+
     def to_json(self) -> dict[str, Any]:
         """One line of the report protocol (see the module docstring)."""
         return {
