@@ -1088,6 +1088,17 @@ def _error_code_hint(case: PathCase, want: int, got: int) -> str:
     return fault_reason(case) + "."
 
 
+def _check_order_hint(case: PathCase, got: int) -> str:
+    """A reserved-bit fault answered as another fault: usually the checks ran in the wrong
+    order (rights, or the next entry's P, before this entry's reserved bits)."""
+    kind = "a protection fault" if got & b.X86_PF_PROT else "a not-present fault"
+    return (f"{fault_reason(case)}. That fault comes first: the CPU checks each entry for P "
+            "and for reserved bits as the walk reads it, in walk order, and the access "
+            f"rights only once the whole path is valid (SDM 4.7). You answered {kind}, which "
+            "a later check finds: check the entries in that order (or your translate does "
+            "not know this reserved bit).")
+
+
 def _translate_hint(case: Case, got: Any) -> str:
     assert isinstance(case, PathCase)
     want: tuple = case.expected
@@ -1107,6 +1118,8 @@ def _translate_hint(case: Case, got: Any) -> str:
                 f"{b.size_name(1 << b.level_shift(leaf.level))} page and the walk ends there; "
                 "a not-present fault here suggests your walk went on to a next level.")
     if want[0] == "PF" and norm[0] == "PF":
+        if want[1] & b.X86_PF_RSVD and not norm[1] & b.X86_PF_RSVD:
+            return _check_order_hint(case, norm[1])
         return _error_code_hint(case, want[1], norm[1])
     if want[0] == "PF":
         return "This access faults: " + fault_reason(case) + "."

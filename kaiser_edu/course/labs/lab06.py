@@ -338,6 +338,13 @@ class PgdCall:
                         "entries.")
             return "A kernel-half entry is returned unchanged: no NX, no other change."
         if gu == self.old_user and eu != self.old_user:
+            if not self.pgd & PAGE_PRESENT:
+                return (f"The user copy was not updated when the entry became not present: it "
+                        f"still holds the old entry {self.old_user:#x}, a *stale* mapping. "
+                        "The kernel unmapped this slot, but user code running on the user "
+                        "CR3 still reaches the old tables (and the memory they map, maybe "
+                        "already reused). Write pgd to kernel_to_user_pgdp(pgdp) for every "
+                        "user-half entry, present or not: clearing must reach both copies.")
             return ("The user copy was not written: the user PGD would miss this entry, so "
                     "user code running on the user CR3 could not reach this memory. Write the "
                     "unmodified pgd to kernel_to_user_pgdp(pgdp).")
