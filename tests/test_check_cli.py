@@ -214,3 +214,44 @@ def test_bad_input_exits_2(tmp_path, capsys, content, message):
 def test_bad_timeout_exits_2(capsys):
     assert main(["check", "--timeout", "0", str(SOLUTION)]) == 2
     assert "--timeout must be a positive number" in capsys.readouterr().err
+
+
+# --- kaiser-edu check labNN: the student's lab by number (issue 13, item 4) ------------------
+
+
+def test_lab_number_finds_the_exercise_from_the_course_folder_and_from_exercises(tmp_path):
+    from kaiser_edu.course.check_notebook import find_notebook
+
+    for name in ("lab01", "01", "1", "LAB01"):
+        assert find_notebook(name, cwd=REPO) == EXERCISE
+    assert find_notebook("lab01", cwd=REPO / "exercises") == EXERCISE
+    (tmp_path / "lab01_addresses.ipynb").write_text("{}")  # a student's own copy wins
+    assert find_notebook("lab01", cwd=tmp_path) == tmp_path / "lab01_addresses.ipynb"
+
+
+def test_lab_number_that_does_not_exist_says_where_it_looked(capsys):
+    assert main(["check", "lab42"]) == 2
+    err = capsys.readouterr().err
+    assert "lab42: no lab42_*.ipynb in" in err and "exercises" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_the_command_the_labs_print_works_from_the_repository_root():
+    """The labs say `kaiser-edu check labNN`; `make lab` starts in the repository root."""
+    for solution in sorted((REPO / "solutions").glob("lab*.ipynb")):
+        intro = nbformat.read(str(solution), as_version=4).cells[0].source
+        number = solution.name[3:5]
+        assert f"`kaiser-edu check lab{number}`" in intro, solution.name
+    run = kaiser_edu("check", "--graded", "--json", "lab01", cwd=REPO)
+    assert run.returncode == 1, run.stderr  # the untouched exercise: nothing passed yet
+    report = json.loads(run.stdout)
+    assert report["notebook"].endswith("exercises/lab01_addresses.ipynb")
+    assert [r["status"] for r in report["exercises"]] == [ck.NOT_ATTEMPTED] * 4
+
+
+def test_lab_number_looks_in_nbgraders_assignment_folder(tmp_path):
+    from kaiser_edu.course.check_notebook import find_notebook
+
+    (tmp_path / "lab01").mkdir()
+    (tmp_path / "lab01" / "lab01_addresses.ipynb").write_text("{}")
+    assert find_notebook("lab01", cwd=tmp_path) == tmp_path / "lab01" / "lab01_addresses.ipynb"

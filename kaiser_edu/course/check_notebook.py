@@ -19,6 +19,15 @@ that cell. The table then has, in notebook order:
 Exit status: 0 if every exercise passed and no cell raised; 1 if anything failed, was not
 attempted or raised (or the notebook has no checks at all); 2 if the notebook could not be
 checked (missing file, not a notebook, no kernel could start).
+
+The notebook's code can read and write the report file, so this report can be forged: it
+is feedback for the student. What counts is ``--graded`` (:mod:`kaiser_edu.course.graded`),
+which reads nothing the notebook wrote. Still, nothing the notebook does crashes this
+command: a deleted report file or a line that is not a result is a note, and a line is
+worth at most the points its check cell declares. For a lab of this course, every exercise
+the lab declares has a row (a deleted check cell is ``missing``).
+
+``NOTEBOOK`` may be a lab number (``kaiser-edu check lab02``): :func:`find_notebook`.
 """
 
 from __future__ import annotations
@@ -316,7 +325,8 @@ def _row(res: dict[str, Any], exercise: str, declared: int, number: int, report:
 
 def format_report(report: Report) -> str:
     """The human-readable table."""
-    lines = [f"kaiser-edu check {report.notebook}", ""]
+    mode = " --graded" if report.graded else ""
+    lines = [f"kaiser-edu check{mode} {report.notebook}", ""]
     if not report.rows:
         lines.append("No exercise checks ran in this notebook (is it an exercise notebook?).")
     width = max((len(r.exercise) for r in report.rows), default=0)
@@ -366,17 +376,20 @@ _LAB_NUMBER = re.compile(r"^(?:lab)?(\d{1,2})$", re.IGNORECASE)
 
 
 def find_notebook(name: str, cwd: Path | None = None) -> Path:
-    """The notebook ``name`` means: an existing path as given; else, for ``lab02`` or ``2``,
-    the student's ``lab02_*.ipynb`` in the current folder, in ``exercises/`` under it, or
-    in the course checkout's ``exercises/``. Raises CheckInputError saying where it looked."""
-    path = Path(name)
-    if path.exists() or not _LAB_NUMBER.match(name):
-        return path
+    """The notebook ``name`` means: a path as given; but for ``lab02`` or ``2`` (not an
+    existing file) the student's ``lab02_*.ipynb`` in the folder ``lab02/`` (nbgrader's
+    layout), in the current folder, in ``exercises/`` under it, or in the course
+    checkout's ``exercises/``. Raises CheckInputError saying where it looked."""
+    here = cwd or Path.cwd()
+    path = here / name
+    number = _LAB_NUMBER.match(name)
+    if not number or path.is_file():
+        return Path(name)
     from kaiser_edu.course.lab_cli import course_root
 
-    here = cwd or Path.cwd()
-    pattern = f"lab{int(_LAB_NUMBER.match(name)[1]):02d}_*.ipynb"
-    folders = [here, here / "exercises"]
+    pattern = f"lab{int(number[1]):02d}_*.ipynb"
+    folders = [path] if path.is_dir() else []  # nbgrader's assignment folder, lab01/
+    folders += [here, here / "exercises"]
     with contextlib.suppress(ValueError):
         folders.append(course_root(None) / "exercises")
     for folder in folders:

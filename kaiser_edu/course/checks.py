@@ -31,6 +31,11 @@ In a notebook the result shows as a coloured banner (``_repr_html_``); its text 
 (``repr``) is what nbval compares, so nothing in it varies between runs: cases come from a
 fixed seed, and memory addresses are removed from messages.
 
+These checks run in the student's own kernel: instant feedback, which a student who wants
+the points without the work can fake. Grades come from a graded run
+(:mod:`kaiser_edu.course.graded`), which calls the same checks in a process the student's
+code cannot reach.
+
 The report protocol
 -------------------
 When the environment variable ``KAISER_EDU_CHECK_REPORT`` names a file, every result is
