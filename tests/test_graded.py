@@ -342,3 +342,24 @@ def test_graded_cli_could_not_check_exits_2(tmp_path):
                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert run.returncode == 2
     assert run.stderr.count("\n") == 1 and "no lab 99" in run.stderr, run.stderr
+
+
+def test_a_memory_bomb_is_a_memory_error_not_a_dead_machine(tmp_path):
+    source = "def split_address(va, levels=4):\n    return bytearray(3 << 30)\n"
+    report = _grade(_submission(tmp_path, "lab01", {"lab01-split-answer": source}))
+    row = report.rows[0]
+    assert row.status == ck.ERROR and "MemoryError" in row.feedback
+
+
+def test_a_forged_reply_on_the_grader_channel_costs_only_that_exercise(tmp_path):
+    source = ("import os\n"
+              "def split_address(va, levels=4):\n"
+              "    for fd in range(3, 10):\n"
+              "        try:\n"
+              "            os.write(fd, b'{\"raise\": 5}\\n')\n"
+              "        except OSError:\n"
+              "            pass\n"
+              "    return {}\n")
+    report = _grade(_submission(tmp_path, "lab01", {"lab01-split-answer": source}))
+    assert report.rows[0].points == 0 and report.rows[0].status in (ck.ERROR, ck.FAILED)
+    assert [r.status for r in report.rows[1:]] == [ck.NOT_ATTEMPTED] * 3

@@ -120,6 +120,7 @@ class Lab:
     answers: tuple[AnswerCell, ...]
     kit: ck.AnswerKit
     check_names: frozenset[str]
+    cell_ids: frozenset[str] = frozenset()  # every cell id of the solution
 
     @property
     def max_score(self) -> int:
@@ -190,7 +191,8 @@ def load_lab(solution: str | Path) -> Lab:
         raise LabProtocolError(f"{path.name}: no check cells (nbgrader grade cells)")
     names = frozenset(k for k, v in vars(module).items() if isinstance(v, ck.Check))
     lab = Lab(path.stem, path, tuple(exercises), tuple(answers),
-              getattr(module, "ANSWER_KIT", ck.AnswerKit()), names)
+              getattr(module, "ANSWER_KIT", ck.AnswerKit()), names,
+              frozenset(c.get("id", "") for c in nb.cells))
     _LABS[path] = lab
     return lab
 
@@ -329,6 +331,8 @@ class AnswerProcess:
                 self.proc.wait(timeout=2)
             except subprocess.TimeoutExpired:
                 self._stop()
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, signal.SIGKILL)  # whatever the student's code started
         for stream in (self.proc.stdin, self.proc.stdout):
             if stream is not None:
                 with contextlib.suppress(OSError):
@@ -590,6 +594,13 @@ def _grade_in(proc: AnswerProcess, lab: Lab, exercise: Exercise, cells: list[tup
         return row(result.status, feedback, points)
     except AnswerStopped as e:
         return row(ck.ERROR, _stopped_text(e, exercise, budget))
+    except LabProtocolError:
+        raise
+    except Exception as e:  # a malformed answer from the sandbox: this exercise only
+        return row(ck.ERROR, f"The graded run could not use what came back from your code "
+                             f"({type(e).__name__}: {ck.clean(str(e))}). Did your code write "
+                             "to the grader's channel? If not, this is a bug in kaiser_edu: "
+                             "please tell your lecturer.")
 
 
 def answer_cells(lab: Lab, nb: Any, graded: Graded) -> list[tuple[str, str]]:
@@ -617,9 +628,7 @@ def answer_cells(lab: Lab, nb: Any, graded: Graded) -> list[tuple[str, str]]:
 def added_cells(lab: Lab, nb: Any) -> list[str]:
     """Notes for code cells the solution does not have (by id): a graded run ignores them,
     and says so, naming what they try if it looks like faking a result."""
-    import nbformat
-
-    authored = {c.get("id") for c in nbformat.read(str(lab.solution), as_version=4).cells}
+    authored = lab.cell_ids
     notes = []
     for number, cell in enumerate(nb.cells, start=1):
         if cell.cell_type != "code" or cell.get("id") in authored or not cell.source.strip():

@@ -46,6 +46,7 @@ from typing import Any
 GUARDED = "kaiser_edu"  # the package whose modules answers may not import
 CELL_PREFIX = "<answer "  # file name of an answer cell: "<answer lab01-split-answer>"
 MAX_TEXT = 300
+MEMORY_LIMIT = 2 << 30  # bytes of address space the student's code may use
 
 
 # --- values on the wire --------------------------------------------------------------------
@@ -345,6 +346,12 @@ def main() -> None:
     """Run as ``python -I sandbox.py``: serve the grader on the inherited stdin/stdout."""
     if sys.path and os.path.abspath(sys.path[0]) == os.path.dirname(os.path.abspath(__file__)):
         del sys.path[0]  # this folder is kaiser_edu/course: not importable from here
+    try:  # a memory bomb fails with MemoryError here, not by taking the machine down
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_AS, (MEMORY_LIMIT, MEMORY_LIMIT))
+    except (ImportError, ValueError, OSError):
+        pass  # no such limit on this system
     read_fd, write_fd = os.dup(0), os.dup(1)
     null = os.open(os.devnull, os.O_RDWR)
     for fd in (0, 1, 2):
