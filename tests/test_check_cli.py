@@ -174,8 +174,24 @@ def test_endless_loop_is_interrupted_and_later_cells_still_run(workdir):
     )
     result = kaiser_edu("check", "--timeout", "3", path.name, cwd=workdir)
     assert result.returncode == 1
-    assert "KeyboardInterrupt (stopped after --timeout 3 s)" in result.stdout
+    assert "KeyboardInterrupt: while running f(1) (stopped after --timeout 3 s)" \
+        in result.stdout  # the input the check had given the looping function
     assert "PASSED             t-loop" in result.stdout  # the cell after the loop ran
+
+
+def test_a_dead_kernel_names_the_cell_and_the_exercise(workdir):
+    path = synthetic(
+        workdir / "dies.ipynb",
+        "def f(x):\n    import os\n    os._exit(1)",
+        "from kaiser_edu.course.checks import Case, Check\n"
+        "check = Check('t-check', 'Dies', 'f', lambda rng: [Case((1,), 1)])\ncheck(f)",
+        check_points=1,
+    )
+    result = kaiser_edu("check", path.name, cwd=workdir)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "the kernel died (the Python process running the notebook stopped) while running " \
+           "cell 2 ('from kaiser_edu.course.checks import Cas', the check of t-check)" \
+           in result.stdout
 
 
 def test_notebook_without_checks_is_not_a_pass(workdir):

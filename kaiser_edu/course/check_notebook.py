@@ -210,8 +210,12 @@ def run_checks(path: str | Path, timeout: float = 300) -> Report:
         execute(nb, Path(path).resolve().parent, timeout=timeout, env=env, allow_errors=True,
                 on_cell_execute=on_cell_execute, on_cell_executed=on_cell_executed)
     except DeadKernelError:
-        notes.append("the kernel died (the Python process running the notebook stopped); "
-                     "cells after that point did not run")
+        cell = nb.cells[running]
+        what = (f", the check of {md.nbgrader(cell).get('grade_id')}" if md.is_check(cell)
+                else "")
+        notes.append(f"the kernel died (the Python process running the notebook stopped) "
+                     f"while running cell {running + 1} ({_first_line(cell)!r}{what}); cells "
+                     "after it did not run")
     except Exception as e:  # no kernel could start, or nbclient itself failed
         raise CheckInputError(f"{path}: could not run the notebook: "
                               f"{type(e).__name__}: {clean(str(e))}") from None

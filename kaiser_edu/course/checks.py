@@ -88,6 +88,14 @@ class CheckFailed(AssertionError):
     """Raised by a check that did not pass, only while nbgrader grades the notebook."""
 
 
+class _StoppedDuring(KeyboardInterrupt):  # noqa: N818 - it is a KeyboardInterrupt
+    """A KeyboardInterrupt that names the call it stopped (the check reports it)."""
+
+    def __init__(self, call: str):
+        super().__init__(call)
+        self.call = call
+
+
 # --- cases and results -------------------------------------------------------------------
 
 
@@ -381,6 +389,10 @@ class Check:
         CheckFailed while nbgrader grades: see the module docstring)."""
         try:
             result = self._run(student_fn, self.seed if seed is None else seed)
+        except _StoppedDuring as e:  # interrupted (Jupyter's stop, or check --timeout)
+            record(self._result(ERROR, f"Stopped while running {e.call}: an endless loop? "
+                                       "Check the loop's exit condition for that input."))
+            raise KeyboardInterrupt(f"while running {e.call}") from None
         except Exception as e:  # the check itself is broken: say so, and whose fault it is
             result = self._result(
                 ERROR,
@@ -411,6 +423,8 @@ class Check:
         for number, case in enumerate(cases):
             try:
                 got = student_fn(*case.args, **case.kwargs)
+            except KeyboardInterrupt:
+                raise _StoppedDuring(self.call_text(case)) from None
             except NotImplementedError:
                 if first_wrong is None:
                     return self._not_attempted(case, number, len(cases))
