@@ -363,3 +363,19 @@ def test_a_forged_reply_on_the_grader_channel_costs_only_that_exercise(tmp_path)
     report = _grade(_submission(tmp_path, "lab01", {"lab01-split-answer": source}))
     assert report.rows[0].points == 0 and report.rows[0].status in (ck.ERROR, ck.FAILED)
     assert [r.status for r in report.rows[1:]] == [ck.NOT_ATTEMPTED] * 3
+
+
+def test_a_cell_that_loops_at_top_level_is_stopped(tmp_path):
+    looping = {"lab01-split-answer": "while True:\n    pass\n"}
+    report = _grade(_submission(tmp_path, "lab01", looping), budget=2)
+    assert all("stopped while running your answer cells" in r.feedback for r in report.rows)
+    assert report.score == 0
+
+
+def test_a_syntax_error_is_a_note_with_its_line(tmp_path):
+    source = "def split_address(va, levels=4):\n    return {\n"
+    report = _grade(_submission(tmp_path, "lab01", {"lab01-split-answer": source}))
+    assert any(n.startswith("answer cell lab01-split-answer raised SyntaxError, line ")
+               for n in report.notes), report.notes
+    assert report.rows[0].status == ck.ERROR and "does not define split_address" in \
+        report.rows[0].feedback

@@ -241,9 +241,7 @@ def _grade_in(proc: AnswerProcess, lab: Lab, exercise: Exercise, cells: list[tup
         try:
             ready = proc.setup(cells)
         except AnswerStopped as e:
-            where_ = e.call if e.kind != "died" else "running your answer cells"
-            return row(ck.ERROR, _stopped_text(AnswerStopped(e.kind, where_, e.detail),
-                                               exercise, budget))
+            return row(ck.ERROR, _stopped_text(e, exercise, budget))
         if first:
             for label, name, message, line in ready.get("cell_errors", []):
                 at = f", line {line}" if line else ""

@@ -248,8 +248,9 @@ class Sandbox:
                 exec(compile(source, filename, "exec"), self.namespace)
             except BaseException as e:  # noqa: BLE001 - a cell's error is the student's
                 data = _exception_data(e)
+                line = data["frames"][-1][1] if data["frames"] else getattr(e, "lineno", None)
                 errors.append([label, data["type"], data["message"],
-                               data["frames"][-1][1] if data["frames"] else None])
+                               line if isinstance(line, int) else None])
         defined = sorted(k for k in self.namespace if not k.startswith("__"))
         loaded = sorted(m for m in sys.modules if m == GUARDED or m.startswith(GUARDED + "."))
         return {"value": None, "cell_errors": errors, "defined": defined, "loaded": loaded}
