@@ -379,3 +379,15 @@ def test_a_syntax_error_is_a_note_with_its_line(tmp_path):
                for n in report.notes), report.notes
     assert report.rows[0].status == ck.ERROR and "does not define split_address" in \
         report.rows[0].feedback
+
+
+def test_answers_see_no_report_file_and_an_empty_working_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv(ck.REPORT_ENV, str(tmp_path / "report.jsonl"))
+    source = ("import os, sys\n"
+              "def split_address(va, levels=4):\n"
+              "    return {'env': sorted(os.environ), 'cwd': os.listdir('.'),\n"
+              "            'path': [p for p in sys.path if 'course' in p]}\n")
+    report = _grade(_submission(tmp_path, "lab01", {"lab01-split-answer": source}))
+    feedback = report.rows[0].feedback
+    assert "'cwd': []" in feedback and "'path': []" in feedback, feedback
+    assert ck.REPORT_ENV not in feedback

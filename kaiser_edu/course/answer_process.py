@@ -23,9 +23,11 @@ import dataclasses
 import json
 import os
 import select
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -115,12 +117,15 @@ class AnswerProcess:
         self.errors: dict[int, BaseException] = {}
         self.not_plain: list[str] = []
         self._buffer = b""
+        # Nothing of the grader's environment (no report file, no nbgrader mode) and an
+        # empty working folder of its own (not the package's, not the submission's).
         env = {k: os.environ[k] for k in ("PATH", "LANG", "LC_ALL", "SYSTEMROOT")
                if k in os.environ}
+        self.workdir = tempfile.mkdtemp(prefix="kaiser-edu-answers-")
         self.proc = subprocess.Popen(
             [sys.executable, "-I", str(SANDBOX)], stdin=subprocess.PIPE,
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env,
-            cwd=os.path.dirname(SANDBOX), start_new_session=True)
+            cwd=self.workdir, start_new_session=True)
 
     # plumbing
 
@@ -190,6 +195,7 @@ class AnswerProcess:
             if stream is not None:
                 with contextlib.suppress(OSError):
                     stream.close()
+        shutil.rmtree(self.workdir, ignore_errors=True)
 
     # values
 

@@ -345,8 +345,8 @@ class _Sink(io.TextIOBase):
 
 def main() -> None:
     """Run as ``python -I sandbox.py``: serve the grader on the inherited stdin/stdout."""
-    if sys.path and os.path.abspath(sys.path[0]) == os.path.dirname(os.path.abspath(__file__)):
-        del sys.path[0]  # this folder is kaiser_edu/course: not importable from here
+    here = os.path.dirname(os.path.abspath(__file__))
+    sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != here]  # kaiser_edu/course
     try:  # a memory bomb fails with MemoryError here, not by taking the machine down
         import resource
 
