@@ -391,3 +391,23 @@ def test_answers_see_no_report_file_and_an_empty_working_folder(tmp_path, monkey
     feedback = report.rows[0].feedback
     assert "'cwd': []" in feedback and "'path': []" in feedback, feedback
     assert ck.REPORT_ENV not in feedback
+
+
+def test_the_submission_time_limit_is_shared_by_its_exercises(tmp_path):
+    looping = {"lab01-split-answer": "def split_address(va, levels=4):\n    while True:\n"
+                                     "        pass\n"}
+    path = _submission(tmp_path, "lab01", looping)
+    report = graded.grade(path, graded.load_lab(graded.solution_for(path.name, REPO /
+                                                                    "solutions")),
+                          budget=60, limit=1.5)
+    assert "stopped while running split_address(0x0, levels=4)" in report.rows[0].feedback
+    assert all("the submission's time limit (1.5 s) was used up" in r.feedback
+               for r in report.rows[1:])
+
+
+def test_notes_of_the_answer_cells_survive_a_deleted_first_check_cell(tmp_path):
+    path = _submission(tmp_path, "lab01", {"lab01-canonical-answer": "1 / 0\n"},
+                       drop=("lab01-split",))
+    report = _grade(path)
+    assert report.rows[0].status == ck.MISSING
+    assert any("lab01-canonical-answer raised ZeroDivisionError" in n for n in report.notes)

@@ -183,6 +183,7 @@ class Graded:
 
     rows: list[Any] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    cells_noted: bool = False  # the answer cells' errors are noted once, by the first sandbox
 
 
 def _find(cells: list[Any], grade_id: str, cell_id: str) -> tuple[int, Any] | None:
@@ -218,18 +219,18 @@ def _stopped_text(e: AnswerStopped, exercise: Exercise, budget: float) -> str:
 
 
 def grade_exercise(lab: Lab, exercise: Exercise, cells: list[tuple[str, str]],
-                   budget: float, graded: Graded, first: bool) -> tuple[Any, float]:
+                   budget: float, graded: Graded) -> tuple[Any, float]:
     """One exercise in a fresh sandbox: its row (a :class:`check_notebook.Row`) and the
     seconds the student's code used of ``budget``."""
     proc = AnswerProcess(lab.kit, budget)
     try:
-        return _grade_in(proc, lab, exercise, cells, graded, first), budget - proc.budget
+        return _grade_in(proc, lab, exercise, cells, graded), budget - proc.budget
     finally:
         proc.close()
 
 
 def _grade_in(proc: AnswerProcess, lab: Lab, exercise: Exercise, cells: list[tuple[str, str]],
-              graded: Graded, first: bool) -> Any:
+              graded: Graded) -> Any:
     from kaiser_edu.course.check_notebook import Row
 
     def row(status: str, feedback: str, points: int = 0) -> Row:
@@ -242,7 +243,8 @@ def _grade_in(proc: AnswerProcess, lab: Lab, exercise: Exercise, cells: list[tup
             ready = proc.setup(cells)
         except AnswerStopped as e:
             return row(ck.ERROR, _stopped_text(e, exercise, budget))
-        if first:
+        if not graded.cells_noted:
+            graded.cells_noted = True
             for label, name, message, line in ready.get("cell_errors", []):
                 at = f", line {line}" if line else ""
                 graded.notes.append(f"answer cell {label} raised {name}{at}: {message}")
@@ -340,7 +342,7 @@ def grade(path: str | Path, lab: Lab | None = None, budget: float = DEFAULT_BUDG
     cells = answer_cells(lab, nb, graded)
     graded.notes.extend(added_cells(lab, nb))
     limit_total = limit or 0.0
-    for index, exercise in enumerate(lab.exercises):
+    for exercise in lab.exercises:
         found = _find(nb.cells, exercise.grade_id, exercise.cell_id)
         if found is None:
             graded.rows.append(Row(
@@ -362,13 +364,10 @@ def grade(path: str | Path, lab: Lab | None = None, budget: float = DEFAULT_BUDG
                 feedback=f"Not graded: the submission's time limit ({limit_total:g} s) was "
                          "used up by the exercises before it."))
             continue
-        row, used = grade_exercise(lab, exercise, cells, left, graded, first=index == 0)
+        row, used = grade_exercise(lab, exercise, cells, left, graded)
         if limit is not None:
             limit -= used
         row.cell = found[0]
         graded.rows.append(row)
-    report = Report(notebook=str(path), rows=graded.rows)
-    report.notes = graded.notes
-    report.graded = True
-    return report
+    return Report(notebook=str(path), rows=graded.rows, notes=graded.notes, graded=True)
 
