@@ -28,6 +28,7 @@ SUBCOMMANDS = {
     "check": ("kaiser_edu.course.check_notebook", "run a lab notebook and report every exercise"),
     "build-exercises": ("kaiser_edu.course.build_cli", "write exercises/ from solutions/"),
     "perf": ("kaiser_edu.perf.cli", "what isolation costs: syscalls, switches, traces, sweeps"),
+    "grade": ("kaiser_edu.course.grade_cli", "grade a class's lab notebooks: gradebook CSV, feedback"),
 }
 
 

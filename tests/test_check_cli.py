@@ -174,8 +174,24 @@ def test_endless_loop_is_interrupted_and_later_cells_still_run(workdir):
     )
     result = kaiser_edu("check", "--timeout", "3", path.name, cwd=workdir)
     assert result.returncode == 1
-    assert "KeyboardInterrupt (stopped after --timeout 3 s)" in result.stdout
+    assert "KeyboardInterrupt: while running f(1) (stopped after --timeout 3 s)" \
+        in result.stdout  # the input the check had given the looping function
     assert "PASSED             t-loop" in result.stdout  # the cell after the loop ran
+
+
+def test_a_dead_kernel_names_the_cell_and_the_exercise(workdir):
+    path = synthetic(
+        workdir / "dies.ipynb",
+        "def f(x):\n    import os\n    os._exit(1)",
+        "from kaiser_edu.course.checks import Case, Check\n"
+        "check = Check('t-check', 'Dies', 'f', lambda rng: [Case((1,), 1)])\ncheck(f)",
+        check_points=1,
+    )
+    result = kaiser_edu("check", path.name, cwd=workdir)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "the kernel died (the Python process running the notebook stopped) while running " \
+           "cell 2 ('from kaiser_edu.course.checks import Cas', the check of t-check)" \
+           in result.stdout
 
 
 def test_notebook_without_checks_is_not_a_pass(workdir):
@@ -214,3 +230,44 @@ def test_bad_input_exits_2(tmp_path, capsys, content, message):
 def test_bad_timeout_exits_2(capsys):
     assert main(["check", "--timeout", "0", str(SOLUTION)]) == 2
     assert "--timeout must be a positive number" in capsys.readouterr().err
+
+
+# --- kaiser-edu check labNN: the student's lab by number (issue 13, item 4) ------------------
+
+
+def test_lab_number_finds_the_exercise_from_the_course_folder_and_from_exercises(tmp_path):
+    from kaiser_edu.course.check_notebook import find_notebook
+
+    for name in ("lab01", "01", "1", "LAB01"):
+        assert find_notebook(name, cwd=REPO) == EXERCISE
+    assert find_notebook("lab01", cwd=REPO / "exercises") == EXERCISE
+    (tmp_path / "lab01_addresses.ipynb").write_text("{}")  # a student's own copy wins
+    assert find_notebook("lab01", cwd=tmp_path) == tmp_path / "lab01_addresses.ipynb"
+
+
+def test_lab_number_that_does_not_exist_says_where_it_looked(capsys):
+    assert main(["check", "lab42"]) == 2
+    err = capsys.readouterr().err
+    assert "lab42: no lab42_*.ipynb in" in err and "exercises" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_the_command_the_labs_print_works_from_the_repository_root():
+    """The labs say `kaiser-edu check labNN`; `make lab` starts in the repository root."""
+    for solution in sorted((REPO / "solutions").glob("lab*.ipynb")):
+        intro = nbformat.read(str(solution), as_version=4).cells[0].source
+        number = solution.name[3:5]
+        assert f"`kaiser-edu check lab{number}`" in intro, solution.name
+    run = kaiser_edu("check", "--graded", "--json", "lab01", cwd=REPO)
+    assert run.returncode == 1, run.stderr  # the untouched exercise: nothing passed yet
+    report = json.loads(run.stdout)
+    assert report["notebook"].endswith("exercises/lab01_addresses.ipynb")
+    assert [r["status"] for r in report["exercises"]] == [ck.NOT_ATTEMPTED] * 4
+
+
+def test_lab_number_looks_in_nbgraders_assignment_folder(tmp_path):
+    from kaiser_edu.course.check_notebook import find_notebook
+
+    (tmp_path / "lab01").mkdir()
+    (tmp_path / "lab01" / "lab01_addresses.ipynb").write_text("{}")
+    assert find_notebook("lab01", cwd=tmp_path) == tmp_path / "lab01" / "lab01_addresses.ipynb"

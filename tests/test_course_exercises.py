@@ -127,15 +127,36 @@ def test_build_exercise_clears_every_output():
             assert cell.outputs == [] and cell.execution_count is None
 
 
+def _authored(meta: dict) -> dict:
+    """nbgrader metadata without what the release adds (checksum, cell type)."""
+    return {k: v for k, v in meta.items() if k not in ("checksum", "cell_type")}
+
+
 def test_answer_cells_get_nbgrader_metadata_with_derived_ids():
     nb = ex.build_exercise(solution_notebook(), name="lab99_demo.ipynb")
-    assert nb.cells[2].metadata["nbgrader"] == {
+    assert _authored(nb.cells[2].metadata["nbgrader"]) == {
         "grade": False, "grade_id": "lab99_demo-cell03", "locked": False,
         "schema_version": 3, "solution": True,
     }
-    assert nb.cells[4].metadata["nbgrader"] == md.written_answer_metadata("lab99_demo-cell05")
-    assert nb.cells[3].metadata["nbgrader"] == md.check_metadata("lab99-f", 2)  # kept
+    assert _authored(nb.cells[4].metadata["nbgrader"]) == \
+        md.written_answer_metadata("lab99_demo-cell05")
+    assert _authored(nb.cells[3].metadata["nbgrader"]) == md.check_metadata("lab99-f", 2)
     assert "nbgrader" not in nb.cells[1].metadata  # a plain cell stays plain
+
+
+def test_released_cells_carry_checksums_and_locks_as_nbgrader_release_does():
+    nb = ex.build_exercise(solution_notebook(), name="lab99_demo.ipynb")
+    answer, check, written = nb.cells[2], nb.cells[3], nb.cells[4]
+    for cell in (answer, check, written):
+        meta = cell.metadata["nbgrader"]
+        assert meta["checksum"] == md.checksum(cell)
+        assert meta["cell_type"] == cell.cell_type
+    assert (check.metadata["editable"], check.metadata["deletable"]) == (False, False)
+    assert answer.metadata["deletable"] is False and "editable" not in answer.metadata
+    assert written.metadata["deletable"] is False
+    assert "deletable" not in nb.cells[1].metadata
+    check.source += "  # edited"
+    assert md.checksum(check) != check.metadata["nbgrader"]["checksum"]
 
 
 def test_existing_answer_metadata_is_kept():

@@ -297,6 +297,24 @@ def test_translate_without_reserved_bits(solution):
     failed(lab02.check_translate, translate, "XD (bit 63) is reserved while EFER.NXE=0")
 
 
+def test_translate_checking_rights_and_presence_before_reserved_bits(solution):
+    """Issue 11: this got a hint about P; the mistake is the order of the checks."""
+    def translate(read_qword, cr3, va, access, cpl, *, wp=True, smep=False, smap=False,
+                  nxe=True, ac=False):
+        path = solution["walk_entries"](read_qword, cr3, va)
+        outcome = solution["translate"](read_qword, cr3, va, access, cpl, wp=wp, smep=smep,
+                                        smap=smap, nxe=nxe, ac=ac)
+        if outcome[0] != "PF" or not outcome[1] & PF_RSVD:
+            return outcome
+        code = outcome[1] & ~(PF_RSVD | PF_PROT)
+        if any(not entry & b.PAGE_PRESENT for _, entry in path):
+            return ("PF", code)  # a later entry's P=0 found before the reserved bit
+        return ("PF", code | PF_PROT)  # the rights checked before the reserved bits
+
+    failed(lab02.check_translate, translate, "That fault comes first",
+           "check the entries in that order", "sets a reserved bit")
+
+
 def test_translate_forgetting_ps(solution):
     def decode_entry(entry, level):
         return solution["decode_entry"](entry & ~PAGE_PSE, level)

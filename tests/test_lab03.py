@@ -162,6 +162,25 @@ def _way_zero_fill(self, vpn, pcid, is_global):
     self.set_of(vpn)[0] = lab03.Entry(vpn, pcid, is_global, self.clock)
 
 
+def _evict_way_zero_fill(self, vpn, pcid, is_global):
+    """First free way, else always way 0 (not the least recently used)."""
+    self.clock += 1
+    ways = self.set_of(vpn)
+    free = [w for w, e in enumerate(ways) if e is None]
+    ways[free[0] if free else 0] = lab03.Entry(vpn, pcid, is_global, self.clock)
+
+
+def _global_stale_lookup(self, vpn, pcid):
+    """A hit refreshes last_use, except on a global entry."""
+    self.clock += 1
+    for entry in self.set_of(vpn):
+        if _match(self, entry, vpn, pcid):
+            if not entry.is_global:
+                entry.last_use = self.clock
+            return True
+    return False
+
+
 def _forgetful_return_lookup(self, vpn, pcid):
     self.clock += 1
     for entry in self.set_of(vpn):
@@ -238,6 +257,10 @@ WRONG = [
      ["matches entries of other PCIDs", "engine: miss, yours: hit"]),
     (lab03.check_small_tlb, small("WayZero", fill=_way_zero_fill), ck.FAILED,
      ["keeps only one entry per set"]),
+    (lab03.check_small_tlb, small("EvictWayZero", fill=_evict_way_zero_fill), ck.FAILED,
+     ["When a set is full your fill always evicts way 0", "smallest last_use"]),
+    (lab03.check_small_tlb, small("GlobalStale", lookup=_global_stale_lookup), ck.FAILED,
+     ["A hit on a *global* entry must refresh its last_use too"]),
     (lab03.check_flushing_tlb, flushing("Cr3FlushesGlobals", mov_cr3=_cr3_clears_everything),
      ck.FAILED, ["A MOV to CR3 never invalidates global entries", "CR4.PCIDE=0",
                  "engine: hit, yours: miss"]),

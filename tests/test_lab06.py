@@ -120,6 +120,15 @@ def set_without_mirror(pgdp, pgd, mem, nx_supported):
     return pgd | PAGE_NX if pgdp_maps_userspace(pgdp) and pgd & PAGE_USER else pgd
 
 
+def set_skipping_cleared(pgdp, pgd, mem, nx_supported):
+    """Mirrors only present entries: clearing a user-half slot leaves the user copy stale."""
+    if pgdp_maps_userspace(pgdp) and pgd & PAGE_PRESENT:
+        mem.write_qword(kernel_to_user_pgdp(pgdp), pgd)
+        if pgd & PAGE_USER and nx_supported:
+            pgd |= PAGE_NX
+    return pgd
+
+
 def set_nx_in_both(pgdp, pgd, mem, nx_supported):
     if pgdp_maps_userspace(pgdp):
         pgd |= PAGE_NX
@@ -220,6 +229,9 @@ WRONG = [
     (lab06.check_set_user_pgtbl, set_without_mirror, ck.FAILED,
      ["What broke:", "step 2: switch A", "the user (shadow) PGD lacks it",
       "(unchanged)", "The user copy was not written"]),
+    (lab06.check_set_user_pgtbl, set_skipping_cleared, ck.FAILED,
+     ["not present (clearing the entry)", "a *stale* mapping",
+      "clearing must reach both copies"]),
     (lab06.check_set_user_pgtbl, set_nx_in_both, ck.FAILED,
      ["What broke:", "killed: the same fault at 0x400000 repeats",
       "You put NX in the user copy"]),

@@ -19,6 +19,15 @@ that cell. The table then has, in notebook order:
 Exit status: 0 if every exercise passed and no cell raised; 1 if anything failed, was not
 attempted or raised (or the notebook has no checks at all); 2 if the notebook could not be
 checked (missing file, not a notebook, no kernel could start).
+
+The notebook's code can read and write the report file, so this report can be forged: it
+is feedback for the student. What counts is ``--graded`` (:mod:`kaiser_edu.course.graded`),
+which reads nothing the notebook wrote. Still, nothing the notebook does crashes this
+command: a deleted report file or a line that is not a result is a note, and a line is
+worth at most the points its check cell declares. For a lab of this course, every exercise
+the lab declares has a row (a deleted check cell is ``missing``).
+
+``NOTEBOOK`` may be a lab number (``kaiser-edu check lab02``): :func:`find_notebook`.
 """
 
 from __future__ import annotations
@@ -27,6 +36,7 @@ import argparse
 import contextlib
 import json
 import os
+import re
 import sys
 import tempfile
 from dataclasses import asdict, dataclass, field
@@ -34,7 +44,15 @@ from pathlib import Path
 from typing import Any
 
 from kaiser_edu.course import metadata as md
-from kaiser_edu.course.checks import ERROR, LABELS, NBGRADER_ENV, PASSED, REPORT_ENV, clean
+from kaiser_edu.course.checks import (
+    ERROR,
+    LABELS,
+    MISSING,
+    NBGRADER_ENV,
+    PASSED,
+    REPORT_ENV,
+    clean,
+)
 from kaiser_edu.errors import KaiserEduError
 
 
@@ -63,6 +81,8 @@ class Report:
     rows: list[Row] = field(default_factory=list)
     cell_errors: list[str] = field(default_factory=list)
     written_answers: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # what the checker noticed (not an error)
+    graded: bool = False  # made by a graded run (kaiser_edu.course.graded)
 
     @property
     def score(self) -> int:
@@ -83,6 +103,8 @@ class Report:
             "exercises": [asdict(r) for r in self.rows],
             "cell_errors": self.cell_errors,
             "written_answers": self.written_answers,
+            "notes": self.notes,
+            "graded": self.graded,
             "score": self.score,
             "max_score": self.max_score,
             "ok": self.ok,
@@ -146,13 +168,34 @@ def run_checks(path: str | Path, timeout: float = 300) -> Report:
     running = 0  # index of the cell being executed
 
     def collect(cell_index: int) -> None:
+        """Read the lines the cell added; the notebook's code may have deleted, truncated
+        or scribbled on the file (it can: the path is in its environment), so every
+        surprise is a note, never an exception."""
         nonlocal consumed
-        with open(report_file, encoding="utf-8") as f:
-            f.seek(consumed)
-            for line in f.read().splitlines():
-                with contextlib.suppress(json.JSONDecodeError):  # torn: the kernel died
-                    results.setdefault(cell_index, []).append(json.loads(line))
-            consumed = f.tell()
+        try:
+            with open(report_file, "rb") as f:
+                f.seek(consumed)
+                data = f.read()
+                consumed = f.tell()
+        except OSError as e:
+            _note(f"the check report file could not be read after cell {cell_index + 1} "
+                  f"({e.strerror or type(e).__name__}): did the notebook's code delete it? "
+                  "Results of checks that ran before are lost")
+            return
+        for line in data.decode("utf-8", "replace").splitlines():
+            try:
+                result = json.loads(line)
+            except json.JSONDecodeError:  # torn: the kernel died while writing
+                continue
+            if not isinstance(result, dict):
+                _note(f"cell {cell_index + 1}: a line of the check report is not a check "
+                      f"result ({clean(line)[:60]!r}): ignored")
+                continue
+            results.setdefault(cell_index, []).append(result)
+
+    def _note(text: str) -> None:
+        if text not in notes:
+            notes.append(text)
 
     def on_cell_execute(cell_index: int = 0, **_: Any) -> None:
         nonlocal running
@@ -167,22 +210,62 @@ def run_checks(path: str | Path, timeout: float = 300) -> Report:
         execute(nb, Path(path).resolve().parent, timeout=timeout, env=env, allow_errors=True,
                 on_cell_execute=on_cell_execute, on_cell_executed=on_cell_executed)
     except DeadKernelError:
-        notes.append("the kernel died (the Python process running the notebook stopped); "
-                     "cells after that point did not run")
+        cell = nb.cells[running]
+        what = (f", the check of {md.nbgrader(cell).get('grade_id')}" if md.is_check(cell)
+                else "")
+        notes.append(f"the kernel died (the Python process running the notebook stopped) "
+                     f"while running cell {running + 1} ({_first_line(cell)!r}{what}); cells "
+                     "after it did not run")
     except Exception as e:  # no kernel could start, or nbclient itself failed
         raise CheckInputError(f"{path}: could not run the notebook: "
                               f"{type(e).__name__}: {clean(str(e))}") from None
     finally:
         collect(running)  # what a cell wrote before the kernel died
-        os.unlink(report_file)
+        with contextlib.suppress(OSError):
+            os.unlink(report_file)
     report = _report(str(path), nb, results, timeout)
-    report.cell_errors.extend(notes)
+    report.cell_errors.extend(n for n in notes if n.startswith("the kernel died"))
+    report.notes.extend(n for n in notes if not n.startswith("the kernel died"))
+    _add_missing_exercises(report, path)
     return report
+
+
+def _add_missing_exercises(report: Report, path: str | Path) -> None:
+    """Rows for the exercises the lab declares but the notebook did not report (a deleted
+    check cell): ``missing``, 0 points. Only for a lab whose solution is at hand."""
+    from kaiser_edu.course import graded
+
+    try:
+        lab = graded.load_lab(graded.solution_for(Path(path).name))
+    except KaiserEduError:
+        return  # not a lab of this course, or no solutions/: nothing declared to compare
+    known = {e.grade_id: e.points for e in lab.exercises}
+    for row in [r for r in report.rows if r.exercise not in known and not r.exercise.startswith(
+            "cell")]:
+        report.notes.append(f"a result for {row.exercise}, which this lab does not have: "
+                            "ignored")
+        report.rows.remove(row)
+    for row in report.rows:
+        if row.exercise in known and row.max_points != known[row.exercise]:
+            report.notes.append(f"{row.exercise} is worth {known[row.exercise]} points in the "
+                                f"lab, not {row.max_points}: counted as {known[row.exercise]}")
+            row.max_points = known[row.exercise]
+            row.points = min(row.points, row.max_points)
+    have = {r.exercise for r in report.rows}
+    for exercise in lab.exercises:
+        if exercise.grade_id not in have:
+            report.rows.append(Row(
+                exercise=exercise.grade_id, title=exercise.check.title, status=MISSING,
+                points=0, max_points=exercise.points, cell=0,
+                feedback=f"No result for this exercise: its check cell ({exercise.source}) is "
+                         "missing from the notebook. Restore it (it is in the lab as handed "
+                         "out)."))
 
 
 def _report(name: str, nb: Any, results: dict[int, list[dict[str, Any]]],
             timeout: float) -> Report:
     report = Report(notebook=name)
+    declared = {md.nbgrader(c).get("grade_id"): md.points(c) for c in nb.cells if md.is_check(c)}
     rows: dict[str, Row] = {}
     for index, cell in enumerate(nb.cells):
         number = index + 1
@@ -195,12 +278,7 @@ def _report(name: str, nb: Any, results: dict[int, list[dict[str, Any]]],
         for res in results.get(index, []):
             exercise = str(res.get("exercise", f"cell{number}"))
             rows.pop(exercise, None)  # the last result counts, shown where it ran
-            rows[exercise] = Row(
-                exercise=exercise, title=str(res.get("title", exercise)),
-                status=str(res.get("status", ERROR)), points=int(res.get("points", 0)),
-                max_points=int(res.get("max_points", md.points(cell))),
-                feedback=str(res.get("feedback", "")), cell=number,
-            )
+            rows[exercise] = _row(res, exercise, declared.get(exercise, 0), number, report)
         if md.is_check(cell) and index not in results:
             grade_id = md.nbgrader(cell).get("grade_id", f"cell{number}")
             why = (f"it raised {error_text}{_ADVICE.get(error[0], '')}" if error
@@ -223,12 +301,36 @@ def _report(name: str, nb: Any, results: dict[int, list[dict[str, Any]]],
     return report
 
 
+def _int(value: Any) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError, OverflowError):
+        return 0
+
+
+def _row(res: dict[str, Any], exercise: str, declared: int, number: int, report: Report) -> Row:
+    """A report line as a row, worth at most the points the notebook's check cell for that
+    exercise declares (nbgrader metadata): a line that claims more, or points without a
+    pass, or an exercise no check cell declares, is noted and worth 0. (The lines can be
+    forged by the notebook's code; a graded run does not read them at all.)"""
+    status = str(res.get("status", ERROR))
+    points = _int(res.get("points", 0))
+    if points and (status != PASSED or points > declared):
+        report.notes.append(f"cell {number}: a result for {exercise} claims {points} points, "
+                            f"but the exercise is worth {declared}: ignored (0 points)")
+        points = 0
+    return Row(exercise=exercise, title=str(res.get("title", exercise)), status=status,
+               points=points, max_points=declared, feedback=str(res.get("feedback", "")),
+               cell=number)
+
+
 # --- printing ----------------------------------------------------------------------------
 
 
 def format_report(report: Report) -> str:
     """The human-readable table."""
-    lines = [f"kaiser-edu check {report.notebook}", ""]
+    mode = " --graded" if report.graded else ""
+    lines = [f"kaiser-edu check{mode} {report.notebook}", ""]
     if not report.rows:
         lines.append("No exercise checks ran in this notebook (is it an exercise notebook?).")
     width = max((len(r.exercise) for r in report.rows), default=0)
@@ -241,6 +343,9 @@ def format_report(report: Report) -> str:
     if report.cell_errors:
         lines += ["", "Errors outside the checks (the notebook must run top to bottom):"]
         lines += [f"  {e}" for e in report.cell_errors]
+    if report.notes:
+        lines += ["", "Notes:"]
+        lines += [f"  {n}" for n in report.notes]
     if report.written_answers:
         lines += ["", "Written answers, graded by your lecturer: "
                   + ", ".join(report.written_answers)]
@@ -249,22 +354,73 @@ def format_report(report: Report) -> str:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("notebook", metavar="NOTEBOOK.ipynb", help="the notebook to check")
-    parser.add_argument("--timeout", type=float, default=300, metavar="S",
-                        help="seconds a cell may run before it is interrupted (default 300)")
+    parser.add_argument("notebook", metavar="NOTEBOOK",
+                        help="the notebook to check: a path, or a lab by number (lab02, 02) "
+                             "looked up as labNN_*.ipynb here, in exercises/ below here, "
+                             "then in the course's exercises/")
+    parser.add_argument("--timeout", type=float, default=None, metavar="S",
+                        help="seconds a cell may run before it is interrupted (default 300); "
+                             "with --graded, seconds the student's code may run per exercise "
+                             f"(default {DEFAULT_GRADED_TIMEOUT:g})")
     parser.add_argument("--json", action="store_true",
                         help="print the report as one JSON object instead of a table")
-    parser.epilog = ("Runs a copy of the notebook in a fresh kernel (your file is not "
-                     "changed). Exit status: 0 all passed, 1 something to fix, 2 could not "
-                     "check.")
+    parser.add_argument("--graded", action="store_true",
+                        help="grade it: the checks and expected answers stay in this process, "
+                             "the answers run in a sandbox that cannot import kaiser_edu "
+                             "(see README, For lecturers)")
+    parser.add_argument("--solutions", metavar="DIR", default=None,
+                        help="with --graded: the authored labs (default: the course's "
+                             "solutions/)")
+    parser.epilog = ("Runs a copy of the notebook (your file is not changed). Exit status: 0 "
+                     "all passed, 1 something to fix, 2 could not check.")
+
+
+DEFAULT_GRADED_TIMEOUT = 60.0
+_LAB_NUMBER = re.compile(r"^(?:lab)?(\d{1,2})$", re.IGNORECASE)
+
+
+def find_notebook(name: str, cwd: Path | None = None) -> Path:
+    """The notebook ``name`` means: a path as given; but for ``lab02`` or ``2`` (not an
+    existing file) the student's ``lab02_*.ipynb`` in the folder ``lab02/`` (nbgrader's
+    layout), in the current folder, in ``exercises/`` under it, or in the course
+    checkout's ``exercises/``. Raises CheckInputError saying where it looked."""
+    here = cwd or Path.cwd()
+    path = here / name
+    number = _LAB_NUMBER.match(name)
+    if not number or path.is_file():
+        return Path(name)
+    from kaiser_edu.course.lab_cli import course_root
+
+    pattern = f"lab{int(number[1]):02d}_*.ipynb"
+    folders = [path] if path.is_dir() else []  # nbgrader's assignment folder, lab01/
+    folders += [here, here / "exercises"]
+    with contextlib.suppress(ValueError):
+        folders.append(course_root(None) / "exercises")
+    for folder in folders:
+        found = sorted(folder.glob(pattern))
+        if found:
+            return found[0]
+    looked = ", ".join(str(f) for f in dict.fromkeys(folders))
+    raise CheckInputError(f"{name}: no {pattern} in {looked}")
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.timeout <= 0:
+    if args.timeout is not None and args.timeout <= 0:
         print("error: --timeout must be a positive number of seconds", file=sys.stderr)
         return 2
     try:
-        report = run_checks(args.notebook, timeout=args.timeout)
+        path = find_notebook(args.notebook)
+        if args.graded:
+            from kaiser_edu.course import graded
+
+            timeout = args.timeout or DEFAULT_GRADED_TIMEOUT
+            try:
+                lab = graded.load_lab(graded.solution_for(path.name, args.solutions))
+            except graded.LabProtocolError as e:
+                raise CheckInputError(f"{path}: cannot be graded: {e}") from None
+            report = graded.grade(path, lab, budget=timeout)
+        else:
+            report = run_checks(path, timeout=args.timeout or 300)
     except CheckInputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

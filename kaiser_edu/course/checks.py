@@ -31,6 +31,11 @@ In a notebook the result shows as a coloured banner (``_repr_html_``); its text 
 (``repr``) is what nbval compares, so nothing in it varies between runs: cases come from a
 fixed seed, and memory addresses are removed from messages.
 
+These checks run in the student's own kernel: instant feedback, which a student who wants
+the points without the work can fake. Grades come from a graded run
+(:mod:`kaiser_edu.course.graded`), which calls the same checks in a process the student's
+code cannot reach.
+
 The report protocol
 -------------------
 When the environment variable ``KAISER_EDU_CHECK_REPORT`` names a file, every result is
@@ -62,10 +67,12 @@ PASSED = "passed"
 FAILED = "failed"
 NOT_ATTEMPTED = "not_attempted"
 ERROR = "error"
-STATUSES = (PASSED, FAILED, NOT_ATTEMPTED, ERROR)
+MISSING = "missing"  # only in reports: a declared exercise whose check cell is gone
+STATUSES = (PASSED, FAILED, NOT_ATTEMPTED, ERROR, MISSING)
 
 #: What each status is called in notebooks and in the ``kaiser-edu check`` table.
-LABELS = {PASSED: "PASSED", FAILED: "FAILED", NOT_ATTEMPTED: "NOT ATTEMPTED YET", ERROR: "ERROR"}
+LABELS = {PASSED: "PASSED", FAILED: "FAILED", NOT_ATTEMPTED: "NOT ATTEMPTED YET", ERROR: "ERROR",
+          MISSING: "MISSING"}
 
 REPORT_ENV = "KAISER_EDU_CHECK_REPORT"
 REPORT_VERSION = 1
@@ -79,6 +86,14 @@ _PACKAGE_DIR = str(Path(__file__).resolve().parents[1])
 
 class CheckFailed(AssertionError):
     """Raised by a check that did not pass, only while nbgrader grades the notebook."""
+
+
+class _StoppedDuring(KeyboardInterrupt):  # noqa: N818 - it is a KeyboardInterrupt
+    """A KeyboardInterrupt that names the call it stopped (the check reports it)."""
+
+    def __init__(self, call: str):
+        super().__init__(call)
+        self.call = call
 
 
 # --- cases and results -------------------------------------------------------------------
@@ -156,6 +171,14 @@ class CheckResult:
             '<pre style="white-space:pre-wrap;margin:4px 0 0 0;background:none;color:#222">'
             f"{html.escape(self.feedback)}</pre></div>"
         )
+
+    def _ipython_display_(self) -> None:
+        """Shown as display data, not as the cell's result: nbgrader reads a grade cell's
+        ``execute_result`` text as partial credit and warns that "[PASSED] ..." "cannot be
+        converted to a float"; display data it leaves alone (nbgrader.utils.determine_grade)."""
+        from IPython.display import display
+
+        display({"text/plain": self.text(), "text/html": self._repr_html_()}, raw=True)
 
     def to_json(self) -> dict[str, Any]:
         """One line of the report protocol (see the module docstring)."""
@@ -263,8 +286,15 @@ def where(exc: BaseException) -> str:
     The deepest frame outside kaiser_edu, the standard library and installed packages: if
     the student's code called into the package with a bad argument, that is the student's
     call, not the package line that noticed. Notebook cells are named "its cell" (the
-    kernel's file name for a cell changes with every run).
+    kernel's file name for a cell changes with every run). An exception that came back
+    from a graded run's sandbox carries the student's frames as ``student_frames``
+    (:mod:`kaiser_edu.course.graded`): (file, line, function, code) each.
     """
+    remote = getattr(exc, "student_frames", None)
+    if remote:
+        _, lineno, name, code = remote[-1]
+        text = f"in {name}(), line {lineno} of its cell"
+        return f"{text}:\n    {code}" if code else text
     frames = [f for f in traceback.extract_tb(exc.__traceback__) if not _is_internal(f.filename)]
     if not frames:
         return ""
@@ -275,10 +305,49 @@ def where(exc: BaseException) -> str:
     return f"{text}:\n    {code}" if code else text
 
 
+def raiser(exc: BaseException) -> str:
+    """The qualified name of the function that raised ``exc`` (``SmallTLB.fill``), or ""
+    (also for an exception that came back from a graded run's sandbox)."""
+    remote = getattr(exc, "student_qualname", None)
+    if remote is not None:
+        return remote
+    tb = exc.__traceback__
+    if tb is None:
+        return ""
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    code = tb.tb_frame.f_code
+    return getattr(code, "co_qualname", code.co_name)
+
+
 def describe_exception(exc: BaseException) -> str:
     """``TypeError: unsupported operand ...``: what a student needs, without a traceback."""
     message = clean(str(exc))
     return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+
+
+# --- what a graded run gives the answers ---------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AnswerKit:
+    """What a lab's answers may use in a graded run, where ``kaiser_edu`` cannot be imported
+    (:mod:`kaiser_edu.course.graded`; the protocol is in :mod:`kaiser_edu.course.labs`).
+
+    - ``constants``: names bound to plain values (ints, strings, tuples ...), copied in;
+    - ``functions``: helpers the answers may call (``table_index``); they run in the
+      grader, and the answers see only a function that takes and returns plain values;
+    - ``records``: dataclasses the answers build (lab 03's ``Entry``): the sandbox gets a
+      dataclass with the same name and fields, and the grader turns them back into these;
+    - ``objects``: for each type of object a check hands to the student's code, the
+      attributes and methods the code may use (``"__call__"`` if it may call the object).
+      Anything else on the object is out of reach.
+    """
+
+    constants: Mapping[str, Any] = field(default_factory=dict)
+    functions: tuple[Callable[..., Any], ...] = ()
+    records: tuple[type, ...] = ()
+    objects: Mapping[type, tuple[str, ...]] = field(default_factory=dict)
 
 
 # --- the check ---------------------------------------------------------------------------
@@ -320,6 +389,10 @@ class Check:
         CheckFailed while nbgrader grades: see the module docstring)."""
         try:
             result = self._run(student_fn, self.seed if seed is None else seed)
+        except _StoppedDuring as e:  # interrupted (Jupyter's stop, or check --timeout)
+            record(self._result(ERROR, f"Stopped while running {e.call}: an endless loop? "
+                                       "Check the loop's exit condition for that input."))
+            raise KeyboardInterrupt(f"while running {e.call}") from None
         except Exception as e:  # the check itself is broken: say so, and whose fault it is
             result = self._result(
                 ERROR,
@@ -350,6 +423,8 @@ class Check:
         for number, case in enumerate(cases):
             try:
                 got = student_fn(*case.args, **case.kwargs)
+            except KeyboardInterrupt:
+                raise _StoppedDuring(self.call_text(case)) from None
             except NotImplementedError:
                 if first_wrong is None:
                     return self._not_attempted(case, number, len(cases))

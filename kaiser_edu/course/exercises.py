@@ -18,7 +18,10 @@ committed executed like every notebook, its checks showing "not attempted yet".
 
 Cells keep their nbgrader metadata. An answer cell without any gets it
 (:func:`kaiser_edu.course.metadata.answer_metadata`, grade id ``<notebook>-cellNN``);
-check cells must carry theirs in the solution (only the author knows their points).
+check cells must carry theirs in the solution (only the author knows their points). Then
+each cell gets what nbgrader's release gives it (:func:`kaiser_edu.course.metadata.release`):
+checksums, and check and read-only cells ``editable: false, deletable: false``, which
+JupyterLab enforces.
 
 :func:`compare_exercise` and :func:`check_sync` prove that the committed exercises are
 what the solutions generate: cell types, sources and nbgrader metadata are compared here;
@@ -142,6 +145,7 @@ def build_exercise(solution_nb: NotebookNode, name: str = "notebook") -> Noteboo
             cell.outputs = []
             cell.execution_count = None
             cell.metadata.pop("execution", None)
+        md.release(cell)
     found = md.problems(nb.cells)
     if found:
         raise ExerciseBuildError(f"{name}: nbgrader metadata problems:\n  " + "\n  ".join(found))
@@ -237,7 +241,9 @@ def render(nb: NotebookNode) -> list[str]:
     lines = []
     for number, cell in enumerate(nb.cells, start=1):
         grader = json.dumps(md.nbgrader(cell), sort_keys=True)
-        lines.append(f"=== cell {number} [{cell.cell_type}] nbgrader={grader}")
+        locks = {k: cell.metadata[k] for k in ("editable", "deletable") if k in cell.metadata}
+        lines.append(f"=== cell {number} [{cell.cell_type}] nbgrader={grader}"
+                     + (f" {json.dumps(locks, sort_keys=True)}" if locks else ""))
         lines.extend(cell.source.split("\n"))
     return lines
 

@@ -21,6 +21,7 @@ here also passes there.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from typing import Any
 
@@ -156,3 +157,47 @@ def problems(cells: list[Any]) -> list[str]:
             found.append(f"cell {number}: a markdown answer must be both 'solution' and "
                          "'grade' (a manually graded answer)")
     return found
+
+
+def is_locked(cell: Any) -> bool:
+    """nbgrader's ``is_locked``: a solution cell never is, a grade cell always is, any other
+    cell if its metadata says ``locked``."""
+    meta = nbgrader(cell)
+    if meta.get("solution"):
+        return False
+    return bool(meta.get("grade") or meta.get("locked"))
+
+
+def checksum(cell: Any) -> str:
+    """The checksum ``nbgrader generate_assignment`` stores in a cell (nbgrader 0.9,
+    ``nbgrader.utils.compute_checksum``): md5 of the source, the cell type, whether it is
+    a grade, solution and locked cell, its grade id and, for a grade cell, its points as a
+    float. nbgrader's autograder compares it to spot edited cells (tests/test_nbgrader.py
+    checks that both compute the same)."""
+    meta = nbgrader(cell)
+    m = hashlib.md5()
+    for part in (cell["source"], cell["cell_type"], str(bool(meta.get("grade"))),
+                 str(bool(meta.get("solution"))), str(is_locked(cell)), meta["grade_id"]):
+        m.update(part.encode("utf-8"))
+    if meta.get("grade"):
+        m.update(str(float(meta["points"])).encode("utf-8"))
+    return m.hexdigest()
+
+
+def release(cell: Any) -> None:
+    """Give ``cell`` what ``nbgrader generate_assignment`` gives a released cell, so that
+    JupyterLab enforces it and nbgrader's autograder can check it: its checksum and cell
+    type in the nbgrader metadata, and ``editable``/``deletable`` as nbgrader's LockCells
+    sets them (a check or read-only cell can be neither edited nor deleted; an answer
+    cell cannot be deleted)."""
+    meta = nbgrader(cell)
+    solution, grade = bool(meta.get("solution")), bool(meta.get("grade"))
+    if not (solution or grade or is_locked(cell)):
+        return
+    if solution:
+        cell.metadata["deletable"] = False
+    else:  # a check cell or a read-only cell
+        cell.metadata["deletable"] = False
+        cell.metadata["editable"] = False
+    cell.metadata["nbgrader"] = {**meta, "checksum": checksum(cell),
+                                 "cell_type": cell["cell_type"]}

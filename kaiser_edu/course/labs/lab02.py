@@ -39,7 +39,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from kaiser_edu.course.checks import Case, Check, CheckResult, as_int, hex_or_repr
+from kaiser_edu.course.checks import (
+    AnswerKit,
+    Case,
+    Check,
+    CheckResult,
+    as_int,
+    hex_or_repr,
+)
 from kaiser_edu.errors import MappingError
 from kaiser_edu.hw import bits as b
 from kaiser_edu.hw.address import canonicalize, is_canonical, table_index
@@ -1081,6 +1088,17 @@ def _error_code_hint(case: PathCase, want: int, got: int) -> str:
     return fault_reason(case) + "."
 
 
+def _check_order_hint(case: PathCase, got: int) -> str:
+    """A reserved-bit fault answered as another fault: usually the checks ran in the wrong
+    order (rights, or the next entry's P, before this entry's reserved bits)."""
+    kind = "a protection fault" if got & b.X86_PF_PROT else "a not-present fault"
+    return (f"{fault_reason(case)}. That fault comes first: the CPU checks each entry for P "
+            "and for reserved bits as the walk reads it, in walk order, and the access "
+            f"rights only once the whole path is valid (SDM 4.7). You answered {kind}, which "
+            "a later check finds: check the entries in that order (or your translate does "
+            "not know this reserved bit).")
+
+
 def _translate_hint(case: Case, got: Any) -> str:
     assert isinstance(case, PathCase)
     want: tuple = case.expected
@@ -1100,6 +1118,8 @@ def _translate_hint(case: Case, got: Any) -> str:
                 f"{b.size_name(1 << b.level_shift(leaf.level))} page and the walk ends there; "
                 "a not-present fault here suggests your walk went on to a next level.")
     if want[0] == "PF" and norm[0] == "PF":
+        if want[1] & b.X86_PF_RSVD and not norm[1] & b.X86_PF_RSVD:
+            return _check_order_hint(case, norm[1])
         return _error_code_hint(case, want[1], norm[1])
     if want[0] == "PF":
         return "This access faults: " + fault_reason(case) + "."
@@ -1147,6 +1167,19 @@ check_translate = PathCheck(
 )
 
 CHECKS = (check_decode, check_walk, check_allowed, check_translate)
+
+#: What the answers may use in a graded run (kaiser_edu.course.graded): the constants of the
+#: setup cell, and ``read_qword`` called with an address (nothing else of the memory).
+ANSWER_KIT = AnswerKit(
+    constants={
+        "PAGE_PRESENT": b.PAGE_PRESENT, "PAGE_RW": b.PAGE_RW, "PAGE_USER": b.PAGE_USER,
+        "PAGE_PSE": b.PAGE_PSE, "PAGE_PAT_LARGE": b.PAGE_PAT_LARGE, "PAGE_NX": b.PAGE_NX,
+        "ADDR_MASK": ADDR_MASK, "X86_PF_PROT": b.X86_PF_PROT, "X86_PF_WRITE": b.X86_PF_WRITE,
+        "X86_PF_USER": b.X86_PF_USER, "X86_PF_RSVD": b.X86_PF_RSVD,
+        "X86_PF_INSTR": b.X86_PF_INSTR,
+    },
+    objects={PhysicalMemory: ("__call__",)},
+)
 
 __all__ = [
     "CHECKS", "LabMachine", "PathCase", "PathCheck", "PhysicalMemory", "check_allowed",

@@ -62,12 +62,14 @@ from kaiser_edu.course.checks import (
     FAILED,
     NOT_ATTEMPTED,
     PASSED,
+    AnswerKit,
     Case,
     Check,
     CheckResult,
     clean,
     describe_exception,
     hex_or_repr,
+    raiser,
     where,
     wrap,
 )
@@ -297,6 +299,14 @@ def engine_set(sc: Scenario, before: int, set_index: int) -> list[tuple[int, int
 
 #: Each mistake ModelTLB can make, and the hint a student whose TLB makes it gets.
 MISTAKES: dict[str, str] = {
+    "evict_way0": (
+        "When a set is full your fill always evicts way 0. LRU evicts the way whose entry "
+        "was used longest ago: the one with the smallest last_use, "
+        "min(range(ways), key=lambda w: set[w].last_use)."),
+    "global_no_refresh": (
+        "A hit on a *global* entry must refresh its last_use too: yours leaves a global "
+        "entry with the clock of its fill, so LRU evicts the kernel's page as if it were "
+        "never used. Set last_use on every hit, global or not."),
     "fifo": (
         "Your TLB behaves like one with FIFO replacement: it evicts the entry that was "
         "*filled* longest ago. LRU evicts the entry *used* longest ago: every hit must "
@@ -412,7 +422,7 @@ class ModelTLB:
         self.clock += 1
         for e in self.sets[vpn % self.n_sets]:
             if e is not None and self._matches(e, vpn, pcid):
-                if not self._m("fifo"):
+                if not (self._m("fifo") or (self._m("global_no_refresh") and e.is_global)):
                     e.last_use = self.clock
                 return True
         return False
@@ -427,6 +437,8 @@ class ModelTLB:
             return
         pick = max if self._m("mru") else min
         victim = pick(range(self.ways), key=lambda w: ways[w].last_use)  # type: ignore[union-attr]
+        if self._m("evict_way0"):
+            victim = 0
         if self.log is not None:
             self.log.append((self.op, f"evicted by the fill of page {vpn:#x}", ways[victim]))
         ways[victim] = new
@@ -692,13 +704,7 @@ def _mistake_hint(scenarios: Sequence[Scenario], theirs: Sequence[list | None], 
 
 def _not_attempted_method(exc: BaseException) -> str:
     """The name of the student's method that raised NotImplementedError (``SmallTLB.fill``)."""
-    tb = exc.__traceback__
-    if tb is None:
-        return "a method"
-    while tb.tb_next is not None:
-        tb = tb.tb_next
-    code = tb.tb_frame.f_code
-    return getattr(code, "co_qualname", code.co_name)
+    return raiser(exc) or "a method"
 
 
 @dataclass(frozen=True, repr=False)
@@ -1102,8 +1108,9 @@ def flushing_tlb_scenarios(rng: random.Random) -> list[Scenario]:
     ]
 
 
-_LOOKUP_FILL_MISTAKES = ("fifo", "mru", "fully_associative", "direct_mapped", "ignore_pcid",
-                         "global_tagged", "global_as_nonglobal")
+_LOOKUP_FILL_MISTAKES = ("evict_way0", "global_no_refresh", "fifo", "mru",
+                         "fully_associative", "direct_mapped", "ignore_pcid", "global_tagged",
+                         "global_as_nonglobal")
 _FLUSH_MISTAKES = ("pcide0_no_flush", "cr3_flushes_globals", "noflush_ignored",
                    "noflush_always", "cr3_flushes_old_pcid", "cr3_flushes_all_pcids",
                    "invlpg_keeps_global", "invlpg_all_pcids", "invlpg_noop",
@@ -1135,3 +1142,6 @@ check_flushing_tlb = TLBCheck(
 )
 
 CHECKS = (check_predict, check_predict_switch, check_small_tlb, check_flushing_tlb)
+
+#: What the answers may use in a graded run (kaiser_edu.course.graded): the Entry record.
+ANSWER_KIT = AnswerKit(records=(Entry,))

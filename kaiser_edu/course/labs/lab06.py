@@ -50,12 +50,14 @@ from kaiser_edu.course.checks import (
     FAILED,
     NOT_ATTEMPTED,
     PASSED,
+    AnswerKit,
     Case,
     Check,
     CheckResult,
     as_int,
     clean,
     describe_exception,
+    raiser,
     where,
     wrap,
 )
@@ -336,6 +338,13 @@ class PgdCall:
                         "entries.")
             return "A kernel-half entry is returned unchanged: no NX, no other change."
         if gu == self.old_user and eu != self.old_user:
+            if not self.pgd & PAGE_PRESENT:
+                return (f"The user copy was not updated when the entry became not present: it "
+                        f"still holds the old entry {self.old_user:#x}, a *stale* mapping. "
+                        "The kernel unmapped this slot, but user code running on the user "
+                        "CR3 still reaches the old tables (and the memory they map, maybe "
+                        "already reused). Write pgd to kernel_to_user_pgdp(pgdp) for every "
+                        "user-half entry, present or not: clearing must reach both copies.")
             return ("The user copy was not written: the user PGD would miss this entry, so "
                     "user code running on the user CR3 could not reach this memory. Write the "
                     "unmodified pgd to kernel_to_user_pgdp(pgdp).")
@@ -874,12 +883,7 @@ def _student_error(check: Check, e: StudentError, where_: str, number: int,
 
 def _raiser(exc: BaseException) -> str:
     """The name of the function that raised ``exc`` (the student's stub)."""
-    tb = exc.__traceback__
-    if tb is None:
-        return "your function"
-    while tb.tb_next is not None:
-        tb = tb.tb_next
-    return tb.tb_frame.f_code.co_name
+    return raiser(exc).rsplit(".", 1)[-1] or "your function"
 
 
 check_set_user_pgtbl = SetUserPgtblCheck(
@@ -1175,3 +1179,20 @@ check_clone_pgtable = ClonePgtableCheck(
 )
 
 CHECKS = (check_set_user_pgtbl, check_clone_pgtable)
+
+#: What the answers may use in a graded run (kaiser_edu.course.graded): the setup cell's
+#: constants and helpers, and of ``mem`` and ``pti`` only what Linux's code would use.
+ANSWER_KIT = AnswerKit(
+    constants={
+        "ADDR_MASK": ADDR_MASK, "KERNPG_TABLE": KERNPG_TABLE, "PAGE_GLOBAL": PAGE_GLOBAL,
+        "PAGE_NX": PAGE_NX, "PAGE_PRESENT": PAGE_PRESENT, "PAGE_PSE": PAGE_PSE,
+        "PAGE_SIZE": PAGE_SIZE, "PAGE_USER": PAGE_USER, "PMD_SIZE": PMD_SIZE,
+        "PUD_SIZE": PUD_SIZE, "PTI_CLONE_PMD": PTI_CLONE_PMD, "PTI_CLONE_PTE": PTI_CLONE_PTE,
+    },
+    functions=(kernel_to_user_pgdp, pgdp_maps_userspace, round_up, table_index),
+    objects={
+        PgdPairMemory: ("read_qword", "write_qword"),
+        PhysicalMemory: ("read_qword", "write_qword"),
+        ShadowTables: ("kernel_pgd", "user_pgd", "mem", "alloc_table", "pge"),
+    },
+)

@@ -38,6 +38,7 @@ from kaiser_edu.course.checks import (
     FAILED,
     NOT_ATTEMPTED,
     PASSED,
+    AnswerKit,
     Case,
     Check,
     CheckResult,
@@ -608,3 +609,10 @@ check_user_cr3 = UserCr3Check(
 )
 
 CHECKS = (check_build_cr3, check_kernel_cr3, check_user_cr3)
+
+#: What the answers may use in a graded run (kaiser_edu.course.graded): the setup cell's
+#: constants.
+ANSWER_KIT = AnswerKit(constants={
+    "CR3_NOFLUSH": CR3_NOFLUSH, "PTI_USER_PCID_MASK": PTI_USER_PCID_MASK,
+    "PTI_USER_PGTABLE_MASK": PTI_USER_PGTABLE_MASK,
+})
