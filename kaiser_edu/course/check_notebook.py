@@ -389,13 +389,13 @@ def find_notebook(name: str, cwd: Path | None = None) -> Path:
     number = _LAB_NUMBER.match(name)
     if not number or path.is_file():
         return Path(name)
-    from kaiser_edu.course.lab_cli import course_root
+    from kaiser_edu.course.materials import course_source
 
     pattern = f"lab{int(number[1]):02d}_*.ipynb"
     folders = [path] if path.is_dir() else []  # nbgrader's assignment folder, lab01/
     folders += [here, here / "exercises"]
-    with contextlib.suppress(ValueError):
-        folders.append(course_root(None) / "exercises")
+    if (source := course_source()) is not None:
+        folders.append(source / "exercises")
     for folder in folders:
         found = sorted(folder.glob(pattern))
         if found:

@@ -105,16 +105,18 @@ class Lab:
 
 
 def solutions_dir(explicit: str | Path | None = None) -> Path:
-    """``explicit``, else ``solutions/`` of the course checkout (:mod:`lab_cli`)."""
-    from kaiser_edu.course.lab_cli import course_root
+    """``explicit``, else ``solutions/`` of this installation's course (the checkout, or the
+    copy inside an installed wheel: :func:`~kaiser_edu.course.materials.course_source`)."""
+    from kaiser_edu.course.materials import course_source
 
     if explicit is not None:
         folder = Path(explicit)
     else:
-        try:
-            folder = course_root(None) / "solutions"
-        except ValueError as e:
-            raise LabProtocolError(str(e)) from None
+        root = course_source()
+        if root is None:
+            raise LabProtocolError("no course found next to this installation of kaiser_edu "
+                                   "(graded runs read the authored labs; pass --solutions DIR)")
+        folder = root / "solutions"
     if not folder.is_dir():
         raise LabProtocolError(f"no solutions folder at {folder} (graded runs read the "
                                "authored labs; pass --solutions DIR)")
