@@ -46,6 +46,7 @@ CPU model and target.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import ipywidgets as widgets
@@ -261,33 +262,52 @@ def ground_truth(kernel: Kernel, va: int, length: int) -> bytes | None:
     return bytes(out)
 
 
+def byte_rounds(load: TransientLoad, t: Timing, retries: int,
+                rng: np.random.Generator) -> np.ndarray:
+    """The reload times of the 256 probe lines after each of ``retries`` attempts of
+    ``load`` (rows: attempts): line ``load.value`` where the load forwards, else line 0."""
+    return reload_times(t, lit_lines(load.value if load.forwarded else None, retries, rng), rng)
+
+
+def cpu_timing(kernel: Kernel) -> Timing:
+    """The cycle-cost preset of the kernel's CPU model."""
+    return timing(next(n for n, m in CPU_MODELS.items() if m == kernel.cpu))
+
+
 def leak(kernel: Kernel, task: Task, address: int, length: int, *,
-         retries: int = DEFAULT_RETRIES, seed: int = 0) -> LeakRun:
+         retries: int = DEFAULT_RETRIES, seed: int = 0,
+         calibrator: Callable[[np.ndarray, np.ndarray], float] | None = None,
+         decoder: Callable[[np.ndarray, float], int] | None = None) -> LeakRun:
     """Meltdown from ``task``: read ``length`` bytes at ``address`` with Flush+Reload.
 
     Per byte: ``retries`` transient attempts, each followed by the fault's delivery and a
-    timed reload + clflush of all 256 probe lines; the threshold is calibrated first, the
-    byte decoded with :func:`decode`.
+    timed reload + clflush of all 256 probe lines; the threshold is calibrated first
+    (:func:`calibrate`, or ``calibrator(hit_times, miss_times)``), the byte decoded with
+    :func:`decode` (or ``decoder(rounds, threshold)``, lab 05's student decoder; its
+    confidence is then the share of rounds in which the line it chose lit).
     """
     if not 0 < length <= MAX_LEAK_BYTES:
         raise KaiserEduError(f"length must be 1..{MAX_LEAK_BYTES} bytes, got {length}")
     if retries < 1:
         raise KaiserEduError(f"retries must be at least 1, got {retries}")
     start = time.process_time()
-    t = timing(next(n for n, m in CPU_MODELS.items() if m == kernel.cpu))
+    t = cpu_timing(kernel)
     rng = np.random.default_rng(seed)
     hits, misses = reload_times(t, np.ones(1000, bool), rng), reload_times(
         t, np.zeros(1000, bool), rng)
-    threshold = calibrate(hits, misses)
+    threshold = float((calibrator or calibrate)(hits, misses))
     data, conf = bytearray(), np.zeros(length)
     first = transient_load(kernel, task, address)
     rounds = np.zeros((retries, LINES), np.int64)
     cycles = 2000 * (t.reload_hit + t.reload_miss)  # the calibration
     for i in range(length):
         load = first if i == 0 else transient_load(kernel, task, address + i)
-        cached = lit_lines(load.value if load.forwarded else None, retries, rng)
-        rounds = reload_times(t, cached, rng)
-        value, conf[i] = decode(rounds, threshold)
+        rounds = byte_rounds(load, t, retries, rng)
+        if decoder is None:
+            value, conf[i] = decode(rounds, threshold)
+        else:
+            value = int(decoder(rounds, threshold)) & 0xFF
+            conf[i] = np.count_nonzero(rounds[:, value] < threshold) / retries if value else 0
         data.append(value)
         cycles += retries * (t.fault_delivery + rounds.sum(dtype=float) / retries
                              + LINES * t.clflush)
