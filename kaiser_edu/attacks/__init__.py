@@ -1,0 +1,43 @@
+"""The side-channel lab: Meltdown and the KASLR breaks, run on the simulated machine.
+
+Everything here is built on :mod:`kaiser_edu.kernel` and :mod:`kaiser_edu.hw` only, and the
+attacks learn what they learn from the same TLB and page walk every other access uses, under
+the CR3 the attacker runs on: with isolation off the kernel is in that page table, under
+KAISER/PTI it is (almost) not, and that, not a flag, is why the results differ.
+
+Public API (stable: lessons 05 and 09 and labs 05 and 09 build on it)
+----------------------------------------------------------------------
+:func:`kaiser_edu.attacks.meltdown.leak` ``(kernel, attacker_task, address, length, *,
+retries=50, seed=0, warm=True, measurements=3) -> LeakResult``
+    Meltdown from ``attacker_task``'s user mode. :class:`~kaiser_edu.attacks.meltdown.LeakResult`
+    has ``data`` (bytes of ``length``), ``confidence`` (per byte, 0 = nothing observed),
+    ``attempts`` (per byte), ``cycles`` / ``seconds`` (simulated, at the CPU model's clock),
+    ``bytes_per_second`` (simulated), ``host_seconds``, ``truth`` (what the kernel reads
+    through its own mapping, or None), ``accuracy``, ``error_rate``, ``recovered``,
+    ``why`` (the MMU's verdict per byte, summarised), ``loads`` (per-byte
+    :class:`~kaiser_edu.attacks.transient.TransientLoads`), ``threshold``, ``as_dict()``.
+    Targets: :func:`~kaiser_edu.attacks.meltdown.secret_address` (the kernel image's secret),
+    any kernel address, :func:`~kaiser_edu.attacks.meltdown.direct_map_address` (another
+    process's memory via ``page_offset_base + pa``; :func:`~kaiser_edu.attacks.meltdown.spawn_victim`
+    makes a victim holding a message).
+
+:func:`kaiser_edu.attacks.kaslr.break_kaslr` ``(kernel, attacker_task, *, method="prefetch"
+| "double-fault" | "entrybleed", seed=0, rounds=16) -> KaslrResult``
+    :class:`~kaiser_edu.attacks.kaslr.KaslrResult` has ``text_base`` and ``direct_map_base``
+    (None when not found; EntryBleed looks only for the text), ``candidates`` and ``times``
+    (median probe cycles per candidate text slot, for the figures), ``text`` and
+    ``direct_map`` (:class:`~kaiser_edu.attacks.kaslr.Scan`: candidates, times, confirmed
+    slots, guess, truth), ``threshold``, ``hit_reference``, ``walk_reference``,
+    ``text_correct``, ``direct_map_correct``, ``probes``, ``cycles``, ``seconds``,
+    ``host_seconds``, ``as_dict()``.
+
+Building blocks for the lessons and labs
+----------------------------------------
+:func:`kaiser_edu.attacks.flush_reload.calibrate` ``(timing, n, seed) -> (hits, misses,
+threshold)``: timed reloads of a cached and a flushed line, and the PoC's threshold.
+:func:`kaiser_edu.attacks.transient.transient_loads` ``(kernel, vas) -> TransientLoads``:
+what each user-mode load forwards, and why.
+
+Command line: ``kaiser-edu attack meltdown ...`` and ``kaiser-edu attack kaslr ...``
+(:mod:`kaiser_edu.attacks.cli`).
+"""

@@ -1,0 +1,163 @@
+"""The data cache as Flush+Reload sees it, and the receiver loop of Meltdown, in numba.
+
+Flush+Reload (Yarom and Falkner, USENIX Security 2014) needs only this much of a cache:
+lines of 64 bytes that are either present or not, ``clflush`` to make one absent, and a
+*timed reload*: ``rdtscp; load; rdtscp`` costs :attr:`Timing.reload_hit` cycles if the line
+was cached and :attr:`Timing.reload_miss` if it came from DRAM, plus noise (a normal core of
+``noise_sigma`` and, with probability ``tail_prob``, an interrupt adding ``tail_cycles``;
+all from :mod:`kaiser_edu.kernel.timing`).
+
+The prefetcher is left out on purpose: the Meltdown probe array has one line per 4 KiB page
+(``probe[value * 4096]``), and Intel's hardware prefetchers do not prefetch across a 4 KiB
+page boundary (the L2 streamer and the adjacent-line prefetcher work inside a page: Intel 64
+and IA-32 Architectures Optimization Reference Manual, section on hardware prefetching), so
+touching one probe line never brings in another. That is why the paper and its PoC use a
+page stride (IAIK/meltdown libkdump.c: ``mem + i * 4096``).
+
+The threshold between a hit and a miss is calibrated as the PoC does it
+(libkdump.c ``detect_flush_reload_threshold``): ``(miss + 2 * hit) / 3`` from the averages
+of timed reloads of a flushed and of a cached line.
+
+Meltdown's receiver (:func:`meltdown_rounds`) runs whole bytes inside numba: for each byte,
+up to ``retries`` attempts of flush all 256 probe lines, one transient load, the fault (a
+signal, or an RTM abort), and 256 timed reloads. The 255 lines that the transient access did
+not touch are drawn in aggregate (how many crossed the threshold, and the sum of their times),
+which has the same distribution as drawing each one and is what makes 4 KiB cost milliseconds.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numba
+import numpy as np
+
+from kaiser_edu.errors import KaiserEduError
+from kaiser_edu.kernel.timing import Timing
+
+PROBE_LINES = 256  # one probe page per byte value
+PROBE_STRIDE = 4096  # a page per value: no prefetcher crosses it
+LINE_SIZE = 64
+MEASUREMENTS = 3  # agreeing observations needed for a byte (libkdump.c: measurements = 3)
+
+# Index of each parameter in the float64 array the kernel takes.
+(P_HIT, P_MISS, P_SIGMA, P_TAIL_PROB, P_TAIL, P_THRESHOLD, P_FWD_CACHED, P_FWD_UNCACHED,
+ P_CLFLUSH, P_FAULT, P_LOAD, P_WARM) = range(12)
+N_PARAMS = 12
+
+
+@numba.njit(cache=True)
+def _calibrate_kernel(hit, miss, sigma, tail_prob, tail, n, seed):
+    np.random.seed(seed)
+    hits = np.empty(n, np.float64)
+    misses = np.empty(n, np.float64)
+    for i in range(n):
+        h = hit + np.random.normal() * sigma
+        if np.random.random() < tail_prob:
+            h += tail
+        m = miss + np.random.normal() * sigma
+        if np.random.random() < tail_prob:
+            m += tail
+        hits[i] = h
+        misses[i] = m
+    return hits, misses
+
+
+def calibrate(t: Timing, n: int = 1000, seed: int = 0) -> tuple[np.ndarray, np.ndarray, float]:
+    """Timed reloads of a cached line and of a flushed line, ``n`` of each, and the threshold
+    the PoC derives from them: ``(mean miss + 2 * mean hit) / 3``. The lesson's histogram."""
+    if not isinstance(n, int) or n < 2:
+        raise KaiserEduError(f"calibration needs an integer n >= 2 samples, got {n!r}")
+    hits, misses = _calibrate_kernel(t.reload_hit, t.reload_miss, t.noise_sigma, t.tail_prob,
+                                     t.tail_cycles, n, np.int64(seed))
+    return hits, misses, float((misses.mean() + 2 * hits.mean()) / 3)
+
+
+@numba.njit(cache=True)
+def meltdown_rounds(forwarded, value, cached, params, retries, need, seed):
+    """The attack loop for every byte: returns (data, confidence, attempts, cycles).
+
+    ``forwarded[i]`` says whether byte i's transient load gets its value (decided by the MMU
+    before this runs); ``value[i]`` is that value; ``cached[i]`` whether its line is in the
+    cache. An attempt forwards the value with probability P_FWD_CACHED (or P_FWD_UNCACHED);
+    otherwise the load yields 0 (Meltdown's zero bias: the fault won the race). The PoC's
+    loop (``jz retry``) never transmits a 0, so a 0 touches no probe line. A byte is decided
+    when one value has been seen ``need`` times, or after ``retries`` attempts; a byte with
+    no observation decodes as 0 with confidence 0 ("nothing seen": a real 0 looks the same).
+    """
+    np.random.seed(seed)
+    n = forwarded.shape[0]
+    hit_t = params[P_HIT]
+    miss_t = params[P_MISS]
+    sigma = params[P_SIGMA]
+    tail_prob = params[P_TAIL_PROB]
+    tail = params[P_TAIL]
+    thr = params[P_THRESHOLD]
+    # A miss reads below the threshold only if its normal noise is that far below the mean
+    # (a tail only adds time): the chance of one false hit per untouched line.
+    p_false = 0.5 * math.erfc((miss_t - thr) / (sigma * math.sqrt(2.0))) if sigma > 0 else (
+        1.0 if miss_t < thr else 0.0)
+    data = np.zeros(n, np.uint8)
+    confidence = np.zeros(n, np.float64)
+    attempts = np.zeros(n, np.int64)
+    cycles = 0.0
+    counts = np.zeros(256, np.int64)
+    per_attempt = 256.0 * params[P_CLFLUSH] + params[P_FAULT] + params[P_LOAD] + params[P_WARM]
+    for i in range(n):
+        counts[:] = 0
+        p_fwd = params[P_FWD_CACHED] if cached[i] else params[P_FWD_UNCACHED]
+        done = 0
+        for _a in range(retries):
+            done += 1
+            cycles += per_attempt
+            line = -1
+            if forwarded[i] and value[i] != 0 and np.random.random() < p_fwd:
+                line = np.int64(value[i])
+            # The touched line's timed reload.
+            untouched = 256
+            if line >= 0:
+                untouched = 255
+                t = hit_t + np.random.normal() * sigma
+                if np.random.random() < tail_prob:
+                    t += tail
+                cycles += t
+                if t < thr:
+                    counts[line] += 1
+            # The untouched lines, in aggregate.
+            cycles += untouched * miss_t + np.random.normal() * sigma * math.sqrt(untouched)
+            cycles += np.random.binomial(untouched, tail_prob) * tail
+            if p_false > 0.0:
+                for _f in range(np.random.binomial(untouched, p_false)):
+                    j = np.random.randint(0, 256)
+                    if j != line:
+                        counts[j] += 1
+            best = 1
+            for j in range(2, 256):
+                if counts[j] > counts[best]:
+                    best = j
+            if counts[best] >= need:
+                break
+        attempts[i] = done
+        total = 0
+        best = 1
+        for j in range(1, 256):
+            total += counts[j]
+            if counts[j] > counts[best]:
+                best = j
+        if counts[best] > 0:
+            data[i] = best
+            confidence[i] = counts[best] / total
+    return data, confidence, attempts, cycles
+
+
+def params_array(t: Timing, threshold: float, p_cached: float, p_uncached: float,
+                 fault_cost: float, warm_cost: float) -> np.ndarray:
+    """The float64 parameter vector :func:`meltdown_rounds` takes."""
+    p = np.zeros(N_PARAMS, np.float64)
+    p[P_HIT], p[P_MISS] = t.reload_hit, t.reload_miss
+    p[P_SIGMA], p[P_TAIL_PROB], p[P_TAIL] = t.noise_sigma, t.tail_prob, t.tail_cycles
+    p[P_THRESHOLD] = threshold
+    p[P_FWD_CACHED], p[P_FWD_UNCACHED] = p_cached, p_uncached
+    p[P_CLFLUSH], p[P_FAULT], p[P_LOAD] = t.clflush, fault_cost, t.cache_hit
+    p[P_WARM] = warm_cost
+    return p

@@ -1,0 +1,293 @@
+"""Meltdown end to end, from an unprivileged process of a booted :class:`Kernel`.
+
+Lipp et al., "Meltdown: Reading Kernel Memory from User Space", USENIX Security 2018
+(CVE-2017-5754), and its PoC IAIK/meltdown (libkdump.c). For every byte the attacker:
+
+1. flushes the 256 lines of a 256 x 4096-byte probe array (``clflush``);
+2. loads the target byte from user mode. The load faults; on an affected CPU the value is
+   forwarded to the next instruction, which touches ``probe[value * 4096]`` (transiently);
+3. survives the fault: a SIGSEGV handler, or an aborted TSX transaction where the CPU model
+   has RTM (``CpuModel.rtm``; the PoC prefers TSX);
+4. reloads the 256 lines, timing each (Flush+Reload): the cached one names the byte.
+
+Whether step 2 forwards anything is decided by the MMU under the attacker's CR3
+(:mod:`kaiser_edu.attacks.transient`): only a *protection* fault forwards, so the attack
+works with isolation off and reads nothing under KAISER/PTI, where the walk stops at a
+not-present PGD entry. The decoding and timing run in numba
+(:func:`kaiser_edu.attacks.flush_reload.meltdown_rounds`).
+
+Targets: the kernel image's secret (:func:`secret_address`), any kernel virtual address, and
+another process's memory through the direct map (:func:`direct_map_address`), the paper's
+physical-memory reader: ``page_offset_base + pa`` reaches every frame of RAM.
+
+>>> from kaiser_edu.kernel.machine import Kernel
+>>> k = Kernel(isolation="off", cpu="skylake", seed=3)
+>>> r = leak(k, k.spawn("attacker"), secret_address(k), 18, seed=1)
+>>> r.data
+b'The KAISER secret'
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from kaiser_edu.attacks import flush_reload as fr
+from kaiser_edu.attacks.transient import (
+    P_FORWARD_CACHED,
+    P_FORWARD_UNCACHED,
+    TransientLoads,
+    read_bytes,
+    transient_loads,
+)
+from kaiser_edu.errors import KaiserEduError
+from kaiser_edu.hw import bits as b
+from kaiser_edu.hw.address import is_canonical
+from kaiser_edu.kernel.timing import Timing, timing
+
+MAX_LEAK_BYTES = 1 << 20  # a sane bound for one call (1 MiB)
+MAX_RETRIES = 100_000
+
+
+@dataclass
+class LeakResult:
+    """What one :func:`leak` recovered and what it cost.
+
+    ``data`` has one byte per address; ``confidence[i]`` is the share of byte i's
+    observations that agreed with ``data[i]`` (0 where nothing was observed: the byte then
+    reads 0, which a real 0 cannot be told apart from). ``cycles`` is simulated time at the
+    CPU model's clock, ``host_seconds`` the time this computer took. ``truth`` is what the
+    kernel reads through its own mapping (None where the kernel has no mapping for part of
+    the range)."""
+
+    address: int
+    data: bytes
+    confidence: np.ndarray
+    attempts: np.ndarray
+    cycles: float
+    seconds: float
+    bytes_per_second: float
+    host_seconds: float
+    truth: bytes | None
+    cpu: str
+    isolation: str
+    threshold: float
+    loads: TransientLoads = field(repr=False)
+
+    @property
+    def length(self) -> int:
+        return len(self.data)
+
+    @property
+    def recovered(self) -> np.ndarray:
+        """Bytes with at least one observation (confidence > 0)."""
+        return self.confidence > 0
+
+    @property
+    def accuracy(self) -> float | None:
+        """Share of bytes equal to ``truth`` (None without a ground truth)."""
+        if self.truth is None:
+            return None
+        got = np.frombuffer(self.data, np.uint8)
+        want = np.frombuffer(self.truth, np.uint8)
+        return float((got == want).mean()) if len(got) else 1.0
+
+    @property
+    def error_rate(self) -> float | None:
+        """Share of *recovered* bytes that are wrong (None without truth or recovery)."""
+        if self.truth is None or not self.recovered.any():
+            return None
+        got = np.frombuffer(self.data, np.uint8)[self.recovered]
+        want = np.frombuffer(self.truth, np.uint8)[self.recovered]
+        return float((got != want).mean())
+
+    @property
+    def why(self) -> str:
+        """Why bytes were or were not forwarded, from the MMU's outcome per byte."""
+        return self.loads.summary()
+
+    def as_dict(self) -> dict:
+        """A JSON-able summary (the CLI's ``--json``)."""
+        return {
+            "address": f"{self.address:#x}", "length": self.length,
+            "data_hex": self.data.hex(), "data_text": _printable(self.data),
+            "recovered": int(self.recovered.sum()),
+            "mean_confidence": float(self.confidence.mean()) if self.length else 0.0,
+            "accuracy": self.accuracy, "error_rate": self.error_rate,
+            "truth_hex": None if self.truth is None else self.truth.hex(),
+            "cycles": self.cycles, "simulated_seconds": self.seconds,
+            "bytes_per_second": self.bytes_per_second, "host_seconds": self.host_seconds,
+            "cpu": self.cpu, "isolation": self.isolation, "threshold": self.threshold,
+            "why": self.why,
+        }
+
+
+def _printable(data: bytes) -> str:
+    return "".join(chr(c) if 32 <= c < 127 else "." for c in data)
+
+
+def secret_address(kernel) -> int:
+    """Where the kernel image keeps the lab's secret (in .data, mapped supervisor-only)."""
+    return kernel.image.secret
+
+
+def direct_map_address(kernel, victim, va: int, page_offset: int | None = None) -> int:
+    """The direct-map alias of ``victim``'s user address ``va``: ``page_offset_base + pa``.
+
+    ``pa`` comes from the victim's page tables; the attacker learns it in the paper through
+    /proc/pid/pagemap or by scanning, and ``page_offset_base`` from a KASLR break (pass
+    ``page_offset=break_kaslr(...).direct_map_base``). Without it, the boot's true base."""
+    pa = kernel.translate_user(victim, va)
+    if pa is None:
+        raise KaiserEduError(f"{va:#x} is not mapped in pid {victim.pid} (touch it first)")
+    base = kernel.layout.page_offset if page_offset is None else page_offset
+    return base + pa
+
+
+def kernel_view(kernel, task, address: int, length: int) -> bytes | None:
+    """The bytes a supervisor read returns through the kernel's own mapping (the kernel PGD;
+    for user addresses, ``task``'s tables), or None if part of the range is unmapped."""
+    vas = np.arange(address, address + length, dtype=np.uint64)
+    pa = np.zeros(length, np.uint64)
+    pages: dict[int, int | None] = {}
+    for i, va in enumerate(vas.tolist()):
+        page = va & ~(b.PAGE_SIZE - 1)
+        if page not in pages:
+            tables = kernel.kernel_tables if va >= 1 << 63 else task.mm.tables
+            pages[page] = tables.translate(page) if is_canonical(page, 4) else None
+        if pages[page] is None:
+            return None
+        pa[i] = pages[page] | (va & (b.PAGE_SIZE - 1))
+    return read_bytes(kernel.mem, pa, np.ones(length, bool)).tobytes()
+
+
+def check_request(address: int, length: int, retries: int) -> None:
+    """Refuse what no attack could mean: raise KaiserEduError naming what is allowed."""
+    if not isinstance(address, int) or not 0 <= address < 1 << 64:
+        raise KaiserEduError(f"address must be a 64-bit integer, got {address!r}")
+    if not is_canonical(address, 4):
+        raise KaiserEduError(f"{address:#x} is not canonical (bits 63:47 must all equal bit 47)")
+    if not isinstance(length, int) or not 0 < length <= MAX_LEAK_BYTES:
+        raise KaiserEduError(f"length must be 1..{MAX_LEAK_BYTES} bytes, got {length!r}")
+    end = address + length - 1
+    if end >= 1 << 64 or not is_canonical(end, 4) or (address < 1 << 47) != (end < 1 << 47):
+        raise KaiserEduError(f"[{address:#x}, +{length}) leaves its canonical half")
+    if not isinstance(retries, int) or not 1 <= retries <= MAX_RETRIES:
+        raise KaiserEduError(f"retries must be 1..{MAX_RETRIES}, got {retries!r}")
+
+
+def leak(kernel, attacker_task, address: int, length: int, *, retries: int = 50,
+         seed: int = 0, warm: bool = True, measurements: int = fr.MEASUREMENTS) -> LeakResult:
+    """Read ``length`` bytes at ``address`` from ``attacker_task``'s user mode with Meltdown.
+
+    The attacker is scheduled (if it is not the running task), so the MMU walks its user
+    page tables: the kernel PGD without isolation, the shadow PGD under KAISER/PTI.
+    ``retries`` bounds the attempts per byte (each a flush, a transient load, a fault and
+    256 reloads); a byte is decided after ``measurements`` agreeing observations.
+    ``warm``: the target is kept in the cache (the paper's syscall that touches the kernel
+    secret, or a victim that keeps using its data); its cost, one syscall per attempt, is
+    counted. Without it each attempt rarely wins the race (P_FORWARD_UNCACHED)."""
+    check_request(address, length, retries)
+    if not isinstance(measurements, int) or measurements < 1:
+        raise KaiserEduError(f"measurements must be a positive integer, got {measurements!r}")
+    if not attacker_task.alive:
+        raise KaiserEduError(f"pid {attacker_task.pid} has exited: {attacker_task.exit_reason}")
+    start = time.perf_counter()
+    if kernel.current is not attacker_task:
+        outcome = kernel.switch_to(attacker_task)
+        if not outcome.ok:
+            raise KaiserEduError(f"could not run pid {attacker_task.pid}: {outcome.detail}")
+    t = timing(kernel.cpu)
+    loads = transient_loads(kernel, np.arange(address, address + length, dtype=np.uint64))
+    _hits, _misses, threshold = fr.calibrate(t, 1000, seed)
+    params = fr.params_array(t, threshold, P_FORWARD_CACHED, P_FORWARD_UNCACHED,
+                             fault_cost(kernel, t), warm_cost(kernel, t) if warm else 0.0)
+    cached = np.full(length, warm, np.uint8)
+    data, confidence, attempts, cycles = fr.meltdown_rounds(
+        loads.forwarded.astype(np.uint8), loads.value, cached, params, retries,
+        measurements, np.int64(seed))
+    cycles += _translation_cycles(loads, t)
+    host = time.perf_counter() - start
+    sim_seconds = t.cycles_to_seconds(cycles)
+    return LeakResult(
+        address=address, data=data.tobytes(), confidence=confidence, attempts=attempts,
+        cycles=float(cycles), seconds=sim_seconds, bytes_per_second=length / sim_seconds if sim_seconds else 0.0,
+        host_seconds=host, truth=kernel_view(kernel, attacker_task, address, length),
+        cpu=_cpu_name(kernel), isolation=kernel.isolation.name, threshold=threshold,
+        loads=loads,
+    )
+
+
+def fault_cost(kernel, t: Timing) -> float:
+    """Surviving the fault: an RTM abort where the CPU has TSX, else a SIGSEGV delivered to
+    a handler that longjmps back (the PoC's two ways)."""
+    return t.tsx_abort if kernel.cpu.rtm else t.fault_delivery
+
+
+def warm_cost(kernel, t: Timing) -> float:
+    """One syscall that touches the target (the paper keeps the secret cached this way):
+    SYSCALL/SYSRET, the kernel's work, and two CR3 writes under isolation."""
+    return t.syscall_sysret + t.entry_work + (2 * t.cr3_write if kernel.isolation.pgd_pair else 0)
+
+
+def _translation_cycles(loads: TransientLoads, t: Timing) -> float:
+    """The target loads' own translation, once per byte: a TLB hit or a 4-level walk."""
+    where = loads.tlb
+    return float((where == 1).sum() * t.l1_tlb_hit + (where == 2).sum() * t.l2_tlb_hit
+                 + (where == 0).sum() * 4 * t.walk_level)
+
+
+def _cpu_name(kernel) -> str:
+    from kaiser_edu.kernel.cpu import CPU_MODELS
+
+    return next((n for n, m in CPU_MODELS.items() if m == kernel.cpu), kernel.cpu.name)
+
+
+VICTIM_SECRET = b"Victim's password: correct horse battery staple"
+
+
+def spawn_victim(kernel, message: bytes = VICTIM_SECRET) -> tuple[object, int]:
+    """A victim process holding ``message`` at the start of its data segment (the page is
+    faulted in and written through its own user mapping). Returns (task, va)."""
+    victim = kernel.spawn("victim")
+    va = victim_data_va()
+    padded = message.ljust(-(-len(message) // 8) * 8, b"\0")
+    if kernel.current is not victim:
+        kernel.switch_to(victim)
+    for off in range(0, len(padded), 8):
+        kernel.user_store(victim, va + off, int.from_bytes(padded[off:off + 8], "little"))
+    return victim, va
+
+
+def victim_data_va() -> int:
+    """Where :func:`spawn_victim` puts its message: the start of the [data] VMA."""
+    from kaiser_edu.kernel.machine import USER_TEXT
+
+    return USER_TEXT + 0x20_0000
+
+
+def parse_target(kernel, spec: str) -> tuple[int, str]:
+    """A CLI target: ``secret``, an ADDRESS (hex or decimal), or ``PID:VA`` (a process's
+    user address, read through the direct map). Returns (address, description)."""
+    if spec == "secret":
+        return secret_address(kernel), "the kernel image's secret"
+    if ":" in spec:
+        parts = spec.split(":")
+        if parts[0] == "pid":
+            parts = parts[1:]
+        try:
+            pid, va = (int(x, 0) for x in parts)
+        except ValueError:
+            raise KaiserEduError(f"target {spec!r}: expected PID:VA, e.g. 2:0x600000") from None
+        victim = kernel.tasks.get(pid)
+        if victim is None:
+            raise KaiserEduError(f"no process with pid {pid}; pids: {sorted(kernel.tasks)}")
+        return direct_map_address(kernel, victim, va), f"pid {pid}'s {va:#x} via the direct map"
+    try:
+        address = int(spec, 0)
+    except ValueError:
+        raise KaiserEduError(
+            f"target must be 'secret', an address (0x...), or PID:VA; got {spec!r}") from None
+    return address, f"{address:#x} ({kernel.layout.region_of(address)})"

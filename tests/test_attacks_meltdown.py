@@ -1,0 +1,135 @@
+"""Meltdown on the simulated machine: the issue's outcome table, over several seeds."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from kaiser_edu.attacks import meltdown as m
+from kaiser_edu.attacks import transient as tr
+from kaiser_edu.attacks.flush_reload import calibrate
+from kaiser_edu.errors import KaiserEduError
+from kaiser_edu.kernel.machine import Kernel
+from kaiser_edu.kernel.timing import timing
+
+SEEDS = (0, 1, 7)
+
+
+def _boot(isolation, cpu="skylake", seed=0):
+    k = Kernel(isolation=isolation, cpu=cpu, seed=seed)
+    return k, k.spawn("attacker")
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("cpu", ["skylake", "haswell", "core2"])
+def test_isolation_off_on_a_vulnerable_cpu_leaks_the_secret(seed, cpu):
+    k, attacker = _boot("off", cpu, seed)
+    r = m.leak(k, attacker, m.secret_address(k), 54, seed=seed)
+    assert r.truth == b"The KAISER secret: kernel memory is not for user eyes!"
+    assert r.accuracy >= 0.99, r.data
+    assert (r.loads.reason == tr.FORWARDED).all()
+    assert r.bytes_per_second > 0 and r.cycles > 0 and r.host_seconds > 0
+    assert r.seconds == pytest.approx(timing(cpu).cycles_to_seconds(r.cycles))
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("isolation", ["kaiser", "pti"])
+def test_isolation_recovers_nothing(seed, isolation):
+    k, attacker = _boot(isolation, "skylake", seed)
+    r = m.leak(k, attacker, m.secret_address(k), 54, seed=seed, retries=20)
+    assert r.truth is not None  # the kernel itself can read it...
+    assert not r.recovered.any()  # ...the attacker observes nothing,
+    assert r.data == bytes(54)  # no byte better than chance (the secret has no 0 byte)
+    assert r.accuracy == 0.0
+    assert (r.loads.reason == tr.NOT_PRESENT).all(), r.why
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("cpu", ["zen2", "icelake"])
+def test_a_cpu_that_is_not_affected_forwards_nothing(seed, cpu):
+    k, attacker = _boot("off", cpu, seed)
+    r = m.leak(k, attacker, m.secret_address(k), 32, seed=seed, retries=20)
+    assert not r.recovered.any()
+    assert (r.loads.reason == tr.NOT_AFFECTED).all(), r.why
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_another_process_through_the_direct_map(seed):
+    k, attacker = _boot("off", "skylake", seed)
+    victim, va = m.spawn_victim(k)
+    address = m.direct_map_address(k, victim, va)
+    assert k.layout.page_offset <= address < k.layout.page_offset + k.ram_bytes
+    r = m.leak(k, attacker, address, len(m.VICTIM_SECRET), seed=seed)
+    assert r.truth == m.VICTIM_SECRET
+    assert r.accuracy >= 0.99
+
+
+@pytest.mark.parametrize("isolation", ["kaiser", "pti"])
+def test_direct_map_read_fails_under_isolation(isolation):
+    k, attacker = _boot(isolation)
+    victim, va = m.spawn_victim(k)
+    r = m.leak(k, attacker, m.direct_map_address(k, victim, va), 16, retries=10)
+    assert not r.recovered.any()
+
+
+def test_what_stays_readable_under_pti():
+    """The cpu_entry_area and the entry text are in the user PGD: Meltdown reaches them
+    (they hold addresses and stacks, no secrets), but not the rest of the image."""
+    k, attacker = _boot("pti")
+    assert k.switch_to(attacker).ok  # user mode: the user PGD is the active one
+    for va in (k.cea("GDT"), k.cea("IDT (read-only)"), k.image.symbol("entry_SYSCALL_64")):
+        loads = tr.transient_loads(k, np.arange(va, va + 8, dtype=np.uint64))
+        assert (loads.reason == tr.FORWARDED).all(), (hex(va), loads.summary())
+    rest = k.image.symbol("do_syscall_64")
+    loads = tr.transient_loads(k, np.arange(rest, rest + 8, dtype=np.uint64))
+    assert (loads.reason == tr.NOT_PRESENT).all()
+
+
+def test_cached_data_leaks_faster_than_uncached():
+    k, attacker = _boot("off")
+    warm = m.leak(k, attacker, m.secret_address(k), 32, seed=3)
+    cold = m.leak(k, attacker, m.secret_address(k), 32, seed=3, warm=False, retries=400)
+    assert warm.attempts.sum() < cold.attempts.sum()
+    assert cold.accuracy >= 0.9  # slower, but the retries get there
+
+
+def test_zero_bias_a_real_zero_reads_as_nothing_seen():
+    k, attacker = _boot("off")
+    # 8 bytes just past the secret's text: zero padding of its 64-byte slot
+    r = m.leak(k, attacker, m.secret_address(k) + 56, 8, seed=0, retries=5)
+    assert r.truth == bytes(8) and r.data == bytes(8)
+    assert not r.recovered.any()
+    assert (r.attempts == 5).all()  # a 0 is retried to the end: it never transmits
+
+
+def test_calibration_separates_hits_from_misses():
+    t = timing("skylake")
+    hits, misses, thr = calibrate(t, 2000, seed=4)
+    assert np.median(hits) < thr < np.median(misses)
+    assert thr == pytest.approx((misses.mean() + 2 * hits.mean()) / 3)
+
+
+def test_same_seed_same_result():
+    (k1, a1), (k2, a2) = _boot("off"), _boot("off")
+    a = m.leak(k1, a1, m.secret_address(k1), 16, seed=9)
+    b_ = m.leak(k2, a2, m.secret_address(k2), 16, seed=9)
+    assert a.data == b_.data and a.cycles == b_.cycles
+
+
+@pytest.mark.parametrize("address,length,message", [
+    (0x0000_8000_0000_0000, 8, "not canonical"),
+    (0xFFFF_FFFF_8000_0000, 0, "length"),
+    (0xFFFF_FFFF_8000_0000, -3, "length"),
+    (0xFFFF_FFFF_8000_0000, m.MAX_LEAK_BYTES + 1, "length"),
+    (0x0000_7FFF_FFFF_FFF0, 64, "canonical half"),
+])
+def test_bad_requests_are_refused(address, length, message):
+    k, attacker = _boot("off")
+    with pytest.raises(KaiserEduError, match=message):
+        m.leak(k, attacker, address, length)
+
+
+def test_bad_retries_refused():
+    k, attacker = _boot("off")
+    with pytest.raises(KaiserEduError, match="retries"):
+        m.leak(k, attacker, m.secret_address(k), 4, retries=0)
