@@ -1,61 +1,43 @@
-"""Lesson 05, Meltdown on the simulated machine: the transient load, Flush+Reload, the leak.
+"""Lesson 05, Meltdown on the simulated machine: views and figures over kaiser_edu.attacks.
 
-Meltdown (Lipp et al., "Meltdown: Reading Kernel Memory from User Space", USENIX Security
-2018, CVE-2017-5754) is three steps, all modelled here on the simulated kernel
-(:class:`kaiser_edu.kernel.Kernel`):
+The attack itself lives in :mod:`kaiser_edu.attacks` (Meltdown: :func:`~kaiser_edu.attacks.meltdown.leak`;
+what one transient load forwards: :func:`~kaiser_edu.attacks.transient.transient_loads`, on the
+MMU under the attacker's CR3; Flush+Reload: :mod:`kaiser_edu.attacks.flush_reload`). This
+module adds what the lesson and lab 05 draw and step through:
 
-1. **The transient load.** User code loads a byte from a kernel address. The load is
-   translated by the *real* page walk (:func:`kaiser_edu.hw.walk.walk`) on the CR3 the task
-   runs on. Architecturally it faults. On a CPU that Linux marks X86_BUG_CPU_MELTDOWN
-   (:attr:`CpuModel.meltdown <kaiser_edu.kernel.cpu.CpuModel>`) the value is nevertheless
-   forwarded to the next instructions, but only when the walk found a translation (P=1 at
-   every level) and the fault is a *protection* fault (U/S=0: error code bit P set). A walk
-   that stops at a not-present entry, as it does for kernel addresses in the user PGD under
-   KAISER/PTI, forwards nothing. :func:`transient_load` returns that verdict and why.
-2. **The covert channel.** The transient code computes ``probe[value * 4096]``: one line of a
-   256-page probe array comes into the data cache, and stays there after the fault rolls the
-   registers back.
-3. **The receiver.** Flush+Reload (Yarom and Falkner, USENIX Security 2014): time a reload of
-   each probe line; the fast one names the byte. Because a transient load that loses the race
-   (or forwards nothing) leaves 0 in the register, line 0 lights without meaning anything
-   (Meltdown's zero bias): it is ignored and the attempt retried, as IAIK's proof of concept
-   does (libkdump.c: ``if (i >= 1)``; a byte reads as 0 only when no other line ever lit).
+* :func:`transient_load`: one load's verdict with the readable walk that explains it (where
+  the walk on the attacker's CR3 ended, and why the value was or was not forwarded);
+* :func:`transient_window`: the steps of one Meltdown attempt, for :class:`TransientStepper`;
+* per-line Flush+Reload rounds (:func:`reload_times`, :func:`lit_lines`) and a reference
+  receiver (:func:`probe_hits`, :func:`decode`), because the attack's numba loop draws the 255
+  untouched lines in aggregate and a figure or an exercise needs every line's time. The noise
+  is the attack's: the timing table's normal core and, with ``tail_prob``, ``tail_cycles``
+  added by an interrupt (:mod:`kaiser_edu.kernel.timing`);
+* :class:`MeltdownLab`, which runs :func:`~kaiser_edu.attacks.meltdown.leak` for a chosen
+  isolation mode, CPU model and target, and the lesson's figures.
 
-Timings come from the course's one cycle-cost table (:mod:`kaiser_edu.kernel.timing`; its
-numbers not from a primary source say "assumed" there). The probe stride of 4096 bytes puts
-every value in its own page, so the hardware prefetchers, which do not cross 4 KiB page
-boundaries, cannot bring a neighbouring probe line in (the paper's reason for the stride):
-the model has no prefetcher, and this is why it needs none.
-
-Model choices of this module (the attack lab of issue 9, ``kaiser_edu.attacks``, was not on
-this branch when the lesson was written; this module carries the small model the lesson
-needs):
-
-* the data is assumed to be in the cache (the paper makes sure of it for its kernel secret
-  with a ``pread`` that touches it first); the race is lost in a fraction
-  :data:`LOST_RACE` of the attempts (assumed), which then light line 0;
-* the fault is delivered as SIGSEGV to a handler (``Timing.fault_delivery`` cycles; the
-  paper's faster TSX suppression is not modelled), then all 256 lines are reloaded and
-  flushed again; that is the cost per attempt behind the simulated leak rate.
-
-The widgets are thin views: :class:`TransientStepper` steps through
-:func:`transient_window`; :class:`MeltdownLab` runs :func:`leak` for a chosen isolation mode,
-CPU model and target.
+The zero bias (Lipp et al., USENIX Security 2018): a transient load that loses the race
+against the fault yields 0. IAIK's proof of concept loops on it (``jz 1b`` in libkdump.c's
+``meltdown_nonull``), so a lost race transmits nothing, as the attack model does; without the
+loop (``meltdown_fast``) it touches ``probe[0]``. Either way a lit line 0 is no evidence, and
+libkdump ignores it (``if (i >= 1)``): a real 0 byte cannot be told from "nothing read".
+:func:`lit_lines` can draw rounds of either kind (``zero_line``).
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import ipywidgets as widgets
 import numpy as np
 
+from kaiser_edu.attacks import meltdown as attack
+from kaiser_edu.attacks.transient import P_FORWARD_CACHED, REASONS, transient_loads
 from kaiser_edu.errors import KaiserEduError
 from kaiser_edu.hw import bits as b
 from kaiser_edu.hw.walk import WalkResult, walk
 from kaiser_edu.kernel.cpu import CPU_MODELS
+from kaiser_edu.kernel.image import SECRET_TEXT
 from kaiser_edu.kernel.machine import Kernel, Task
 from kaiser_edu.kernel.timing import Timing, timing
 from kaiser_edu.widgets._view import (
@@ -71,60 +53,53 @@ from kaiser_edu.widgets._view import (
 
 LINES = 256  # one probe line per byte value
 PROBE_STRIDE = 4096  # probe[value * 4096] (libkdump: mem + i * 4096)
-LOST_RACE = 0.3  # share of attempts whose transient load loses the race (assumed)
-EMPTY = 0.02  # share of attempts after which no line is found cached (assumed)
-SPURIOUS = 0.01  # chance that an unrelated access lights one random line (assumed)
-DEFAULT_RETRIES = 12
 MIN_VOTES = 2  # a line lit in one round only may be an unrelated access (assumed rule)
-MAX_LEAK_BYTES = 4096
-VICTIM_SECRET = b"victim's password: correct horse battery staple"
 ISOLATION_MODES = {"off": "no isolation", "kaiser": "KAISER (2017 Graz patch)",
                    "pti": "Linux PTI"}
+LEVEL_NAMES = {5: "PML5E", 4: "PGD", 3: "PUD", 2: "PMD", 1: "PTE"}
 
 
-# --- Flush+Reload primitives ------------------------------------------------------------------
+# --- Flush+Reload, line by line ----------------------------------------------------------------
 
 
 def reload_times(t: Timing, cached: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Timed reloads (whole cycles, as rdtscp counts them) of lines that are ``cached`` or
     not: :attr:`Timing.reload_hit` or :attr:`Timing.reload_miss`, a normal noise core
     (``noise_sigma``), and with probability ``tail_prob`` an interrupt in the timed window that
-    adds an exponential tail of mean ``tail_cycles``."""
+    adds ``tail_cycles`` (the same noise as :mod:`kaiser_edu.attacks.flush_reload`)."""
     cached = np.asarray(cached, dtype=bool)
     base = np.where(cached, t.reload_hit, t.reload_miss)
     noise = rng.normal(0.0, t.noise_sigma, cached.shape)
-    tail = np.where(rng.random(cached.shape) < t.tail_prob,
-                    rng.exponential(t.tail_cycles, cached.shape), 0.0)
+    tail = (rng.random(cached.shape) < t.tail_prob) * t.tail_cycles
     return np.maximum(np.rint(base + noise + tail), 1).astype(np.int64)
 
 
 def lit_lines(byte: int | None, rounds: int, rng: np.random.Generator, *,
-              lost: float = LOST_RACE, empty: float = EMPTY,
-              spurious: float = SPURIOUS) -> np.ndarray:
+              lost: float = 1 - P_FORWARD_CACHED, empty: float = 0.0, spurious: float = 0.0,
+              zero_line: bool = False) -> np.ndarray:
     """Which probe lines are cached after each of ``rounds`` transient attempts (rows:
-    attempts, columns: line = byte value). ``byte`` None means nothing was forwarded: the
-    register reads 0 and line 0 lights. Otherwise line ``byte`` lights, except in a share
-    ``lost`` of the attempts (line 0) and ``empty`` (no line); an unrelated access lights
-    one random line with probability ``spurious`` per attempt."""
+    attempts, columns: line = byte value). ``byte`` None: nothing is forwarded, every attempt
+    is lost. Otherwise line ``byte`` lights, except in a share ``lost`` of the attempts (the
+    race is lost: line 0 lights if ``zero_line``, as without libkdump's ``jz`` loop, else
+    nothing) and ``empty`` (no line: evicted before the reload). An unrelated access lights
+    one random line with probability ``spurious`` per attempt. A 0 byte behaves like a lost
+    race in every attempt."""
     cached = np.zeros((rounds, LINES), dtype=bool)
     u = rng.random(rounds)
     value = 0 if byte is None else byte
-    hit = np.where(u < empty, -1, np.where(u < empty + lost, 0, value))
-    rows = np.flatnonzero(hit >= 0)
-    cached[rows, hit[rows]] = True
+    won = (u >= empty + lost) & (value != 0)
+    lost_rows = (u >= empty) & ~won
+    cached[np.flatnonzero(won), value] = True
+    if zero_line:
+        cached[np.flatnonzero(lost_rows), 0] = True
     stray = np.flatnonzero(rng.random(rounds) < spurious)
     cached[stray, rng.integers(1, LINES, stray.size)] = True
     return cached
 
 
-def calibrate(hit_times: np.ndarray, miss_times: np.ndarray) -> float:
-    """libkdump's ``detect_flush_reload_threshold()``: a third of the way from the average
-    cached reload to the average flushed one, (miss + 2 * hit) / 3."""
-    return (float(np.mean(miss_times)) + 2 * float(np.mean(hit_times))) / 3
-
-
 def probe_hits(times: np.ndarray, threshold: float) -> list[int]:
-    """One round of Flush+Reload: the lines reloaded faster than ``threshold``."""
+    """One round of Flush+Reload: the lines reloaded faster than ``threshold``
+    (libkdump's ``flush_reload()``: ``end - start < threshold``)."""
     return [int(v) for v in np.flatnonzero(np.asarray(times) < threshold)]
 
 
@@ -141,178 +116,56 @@ def decode(rounds: np.ndarray, threshold: float) -> tuple[int, float]:
     return value, float(votes[value]) / len(rounds)
 
 
-def calibration_samples(cpu: str, n: int = 2000, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """``n`` timed reloads of a cached line and ``n`` of a flushed one on ``cpu``'s timings."""
-    t = timing(cpu)
-    rng = np.random.default_rng(seed)
-    return (reload_times(t, np.ones(n, bool), rng), reload_times(t, np.zeros(n, bool), rng))
-
-
-# --- the transient load on the real walk ------------------------------------------------------
+# --- one transient load, explained --------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class TransientLoad:
-    """What a user-mode load of ``va`` does on the CPU: the walk, the architectural fault,
-    and whether the value reaches the dependent instructions before the fault is taken."""
+    """What a user-mode load of ``va`` does: the attack model's verdict
+    (:func:`~kaiser_edu.attacks.transient.transient_loads`) and the readable walk on the same
+    CR3 that explains it."""
 
     va: int
     cr3: int
     walk: WalkResult
-    pa: int | None  # the translation the walk found, even if the access is refused
     forwarded: bool
     value: int | None  # the byte forwarded (None: nothing)
-    reason: str
+    verdict: str  # REASONS of kaiser_edu.attacks.transient
+    reason: str  # the verdict with where the walk ended
 
     @property
     def error_code(self) -> int | None:
         return self.walk.error_code
 
+    @property
+    def walk_end(self) -> str:
+        """The table level where the walk ended (its leaf, or the not-present entry)."""
+        return LEVEL_NAMES[self.walk.steps[-1].level] if self.walk.steps else "-"
 
-def _read_byte(kernel: Kernel, pa: int) -> int:
-    return kernel.mem.read_qword(pa & ~7) >> (8 * (pa & 7)) & 0xFF
 
-
-def _running(kernel: Kernel, task: Task) -> None:
+def transient_load(kernel: Kernel, task: Task, va: int) -> TransientLoad:
+    """One user-mode byte load of ``va`` by ``task`` (scheduled first if it is not running),
+    decided by the attack model on the MMU, and walked again with the readable walk (A/D
+    updates off) to say where the walk ended."""
     if not task.alive:
         raise KaiserEduError(f"pid {task.pid} is not alive ({task.exit_reason})")
     if kernel.current is not task:
         kernel.switch_to(task)
-
-
-def transient_load(kernel: Kernel, task: Task, va: int) -> TransientLoad:
-    """A user-mode byte load of ``va`` by ``task``, walked on the CR3 it runs on.
-
-    The walk is the readable walk of the course (:func:`kaiser_edu.hw.walk.walk`) on the
-    machine's memory and registers, with A/D updates off (a transient access that faults
-    leaves no architectural trace). Forwarding needs all three: a Meltdown-affected CPU, a
-    translation (P=1 at every level) and a protection fault (P set in the error code, RSVD
-    clear). No lookup of "is this the secret": the page tables decide.
-    """
-    _running(kernel, task)
+    loads = transient_loads(kernel, np.array([va], np.uint64))
     regs = kernel.mmu.regs
     w = walk(kernel.mem, regs, va, "read", cpl=3, set_ad=False)
-    pa = None
-    if w.outcome == b.OUTCOME_OK:
-        pa = w.pa
-    elif w.outcome == b.OUTCOME_PF and w.error_code & b.X86_PF_PROT \
-            and not w.error_code & b.X86_PF_RSVD:
-        leaf = w.steps[-1]
-        size = 1 << b.level_shift(leaf.level)
-        pa = (leaf.entry & b.phys_addr_mask(regs.maxphyaddr) & ~(size - 1)) | (va & (size - 1))
-    if w.outcome == b.OUTCOME_GP:
-        return TransientLoad(va, regs.cr3, w, None, False, None,
-                             "#GP: not a canonical address; nothing is translated")
-    if w.outcome == b.OUTCOME_OK:
-        return TransientLoad(va, regs.cr3, w, pa, True, _read_byte(kernel, pa),
-                             "a user page: an ordinary load, no fault at all")
-    names = {5: "PML5E", 4: "PGD (PML4E)", 3: "PUD (PDPTE)", 2: "PMD (PDE)", 1: "PTE"}
-    stop = names[w.steps[-1].level]
-    if pa is None:
-        return TransientLoad(va, regs.cr3, w, None, False, None,
-                             f"#PF {w.error_code:#x}: the walk stops at a not-present {stop}; "
-                             "there is no translation, so no data to forward")
-    if not kernel.cpu.meltdown:
-        return TransientLoad(va, regs.cr3, w, pa, False, None,
-                             f"#PF {w.error_code:#x}: mapped but supervisor-only; "
-                             f"{kernel.cpu.name} checks the permission before forwarding")
-    return TransientLoad(va, regs.cr3, w, pa, True, _read_byte(kernel, pa),
-                         f"#PF {w.error_code:#x}: mapped but supervisor-only (U/S=0); on "
-                         f"{kernel.cpu.name} the value is forwarded before the fault is taken")
-
-
-# --- the leak -------------------------------------------------------------------------------
-
-
-@dataclass
-class LeakRun:
-    """The result of :func:`leak`: the bytes read, and what it cost."""
-
-    address: int
-    data: bytes
-    confidence: np.ndarray
-    truth: bytes | None  # read through the kernel's own mapping, where it has one
-    verdict: TransientLoad
-    cycles: float
-    clock_ghz: float
-    host_seconds: float
-    threshold: float
-    last_rounds: np.ndarray = field(repr=False)
-
-    @property
-    def accuracy(self) -> float | None:
-        """Share of bytes equal to the ground truth."""
-        if self.truth is None:
-            return None
-        return sum(a == b_ for a, b_ in zip(self.data, self.truth)) / len(self.data)
-
-    @property
-    def bytes_per_second(self) -> float:
-        return len(self.data) / (self.cycles / (self.clock_ghz * 1e9))
-
-
-def ground_truth(kernel: Kernel, va: int, length: int) -> bytes | None:
-    """What a supervisor read through the kernel's own page tables returns, or None."""
-    out = bytearray()
-    for a in range(va, va + length):
-        pa = kernel.kernel_tables.translate(a)
-        if pa is None:
-            return None
-        out.append(_read_byte(kernel, pa))
-    return bytes(out)
-
-
-def byte_rounds(load: TransientLoad, t: Timing, retries: int,
-                rng: np.random.Generator) -> np.ndarray:
-    """The reload times of the 256 probe lines after each of ``retries`` attempts of
-    ``load`` (rows: attempts): line ``load.value`` where the load forwards, else line 0."""
-    return reload_times(t, lit_lines(load.value if load.forwarded else None, retries, rng), rng)
-
-
-def cpu_timing(kernel: Kernel) -> Timing:
-    """The cycle-cost preset of the kernel's CPU model."""
-    return timing(next(n for n, m in CPU_MODELS.items() if m == kernel.cpu))
-
-
-def leak(kernel: Kernel, task: Task, address: int, length: int, *,
-         retries: int = DEFAULT_RETRIES, seed: int = 0,
-         calibrator: Callable[[np.ndarray, np.ndarray], float] | None = None,
-         decoder: Callable[[np.ndarray, float], int] | None = None) -> LeakRun:
-    """Meltdown from ``task``: read ``length`` bytes at ``address`` with Flush+Reload.
-
-    Per byte: ``retries`` transient attempts, each followed by the fault's delivery and a
-    timed reload + clflush of all 256 probe lines; the threshold is calibrated first
-    (:func:`calibrate`, or ``calibrator(hit_times, miss_times)``), the byte decoded with
-    :func:`decode` (or ``decoder(rounds, threshold)``, lab 05's student decoder; its
-    confidence is then the share of rounds in which the line it chose lit).
-    """
-    if not 0 < length <= MAX_LEAK_BYTES:
-        raise KaiserEduError(f"length must be 1..{MAX_LEAK_BYTES} bytes, got {length}")
-    if retries < 1:
-        raise KaiserEduError(f"retries must be at least 1, got {retries}")
-    start = time.process_time()
-    t = cpu_timing(kernel)
-    rng = np.random.default_rng(seed)
-    hits, misses = reload_times(t, np.ones(1000, bool), rng), reload_times(
-        t, np.zeros(1000, bool), rng)
-    threshold = float((calibrator or calibrate)(hits, misses))
-    data, conf = bytearray(), np.zeros(length)
-    first = transient_load(kernel, task, address)
-    rounds = np.zeros((retries, LINES), np.int64)
-    cycles = 2000 * (t.reload_hit + t.reload_miss)  # the calibration
-    for i in range(length):
-        load = first if i == 0 else transient_load(kernel, task, address + i)
-        rounds = byte_rounds(load, t, retries, rng)
-        if decoder is None:
-            value, conf[i] = decode(rounds, threshold)
-        else:
-            value = int(decoder(rounds, threshold)) & 0xFF
-            conf[i] = np.count_nonzero(rounds[:, value] < threshold) / retries if value else 0
-        data.append(value)
-        cycles += retries * (t.fault_delivery + rounds.sum(dtype=float) / retries
-                             + LINES * t.clflush)
-    return LeakRun(address, bytes(data), conf, ground_truth(kernel, address, length), first,
-                   cycles, t.clock_ghz, time.process_time() - start, threshold, rounds)
+    forwarded = bool(loads.forwarded[0])
+    verdict = REASONS[int(loads.reason[0])]
+    if w.outcome == b.OUTCOME_PF:
+        end = LEVEL_NAMES[w.steps[-1].level]
+        where = (f"#PF {w.error_code:#x}, the walk ends at a not-present {end}"
+                 if not w.error_code & b.X86_PF_PROT else
+                 f"#PF {w.error_code:#x}, the walk reaches the leaf ({end}) and U/S=0 refuses")
+        reason = f"{where}: {verdict}"
+    else:
+        reason = verdict
+    return TransientLoad(va, regs.cr3, w, forwarded,
+                         int(loads.value[0]) if forwarded else None, verdict, reason)
 
 
 # --- targets ---------------------------------------------------------------------------------
@@ -327,7 +180,7 @@ TARGETS = {
 
 @dataclass
 class Machine:
-    """A booted kernel with an attacker and a victim process, for the lesson and widget."""
+    """A booted kernel with a victim process and an attacker process (left running)."""
 
     kernel: Kernel
     attacker: Task
@@ -338,11 +191,10 @@ class Machine:
         """(address, length) of a named target (:data:`TARGETS`)."""
         k = self.kernel
         if name == "secret":
-            from kaiser_edu.kernel.image import SECRET_TEXT
-            return k.image.secret, len(SECRET_TEXT)
+            return attack.secret_address(k), len(SECRET_TEXT)
         if name == "victim":
-            pa = k.translate_user(self.victim, self.victim_va)
-            return k.layout.direct_map(pa), len(VICTIM_SECRET)
+            return (attack.direct_map_address(k, self.victim, self.victim_va),
+                    len(attack.VICTIM_SECRET))
         if name == "cea":
             return k.cea("GDT"), 16
         if name == "entry":
@@ -351,21 +203,17 @@ class Machine:
 
 
 def machine(isolation: str = "off", cpu: str = "skylake", seed: int = 0) -> Machine:
-    """Boot a kernel, start a victim that keeps :data:`VICTIM_SECRET` in its heap, and an
-    attacker process, which is left running."""
+    """Boot a kernel, start a victim holding :data:`kaiser_edu.attacks.meltdown.VICTIM_SECRET`
+    (:func:`~kaiser_edu.attacks.meltdown.spawn_victim`) and an attacker, which is left
+    running."""
     if isolation not in ISOLATION_MODES:
         raise KaiserEduError(f"unknown isolation mode {isolation!r}; "
                              f"known: {', '.join(ISOLATION_MODES)}")
     k = Kernel(isolation=isolation, cpu=cpu, seed=seed)
-    victim = k.spawn("victim")
-    k.switch_to(victim)
-    buf = k.mmap(victim, b.PAGE_SIZE)
-    padded = VICTIM_SECRET.ljust(-(-len(VICTIM_SECRET) // 8) * 8, b"\0")
-    for off in range(0, len(padded), 8):
-        k.user_store(victim, buf + off, int.from_bytes(padded[off:off + 8], "little"))
+    victim, va = attack.spawn_victim(k)
     attacker = k.spawn("attacker")
     k.switch_to(attacker)
-    return Machine(k, attacker, victim, buf)
+    return Machine(k, attacker, victim, va)
 
 
 def show_bytes(data: bytes) -> str:
@@ -373,18 +221,15 @@ def show_bytes(data: bytes) -> str:
     return "".join(chr(c) if 32 <= c < 127 else "." for c in data)
 
 
-def attack_summary(isolation: str, cpu: str, target: str, length: int | None = None,
-                   seed: int = 0, retries: int = DEFAULT_RETRIES) -> dict:
+def attack_summary(isolation: str, cpu: str, target: str, seed: int = 0) -> dict:
     """The model behind :class:`MeltdownLab`: run the attack and say what came back."""
     m = machine(isolation, cpu, seed)
     address, size = m.target(target)
-    run = leak(m.kernel, m.attacker, address, size if length is None else length,
-               retries=retries, seed=seed)
+    first = transient_load(m.kernel, m.attacker, address)
+    run = attack.leak(m.kernel, m.attacker, address, size, seed=seed)
     return {"isolation": isolation, "cpu": cpu, "target": target, "address": address,
-            "run": run, "recovered": show_bytes(run.data),
-            "truth": None if run.truth is None else show_bytes(run.truth),
-            "accuracy": run.accuracy, "rate": run.bytes_per_second,
-            "verdict": run.verdict.reason, "forwarded": run.verdict.forwarded}
+            "run": run, "first": first, "recovered": show_bytes(run.data),
+            "truth": None if run.truth is None else show_bytes(run.truth)}
 
 
 # --- stepping through the transient window ----------------------------------------------------
@@ -413,8 +258,9 @@ def transient_window(load: TransientLoad) -> list[WindowStep]:
              else "no fault" if load.walk.ok else "#GP")
     steps = [
         WindowStep("1 · flush", "clflush all 256 probe lines: none is cached.", "0", "-", None),
-        WindowStep("2 · the load", f"movb ({va:#x}), %al issues. The MMU walks CR3 "
-                   f"{load.cr3:#x}: {load.reason}.", "0", f"load of {va:#x} in flight", None),
+        WindowStep("2 · the load", f"movb ({va:#x}), %al issues. The MMU translates it on "
+                   f"CR3 {load.cr3:#x}: {load.reason}.", "0", f"load of {va:#x} in flight",
+                   None),
     ]
     if load.forwarded:
         steps.append(WindowStep(
@@ -427,8 +273,8 @@ def transient_window(load: TransientLoad) -> list[WindowStep]:
             "0", f"rbx = probe[{value * 4096:#x}] (not retired)", line))
     else:
         steps.append(WindowStep(
-            "3 · nothing forwarded", "The load has no data to forward: al reads 0, and the "
-            "jz loop spins until the fault is taken.", "0", "al = 0 (not retired)", None))
+            "3 · nothing forwarded", "The load has no value to forward: al reads 0, and the "
+            "jz loop retries until the fault is taken.", "0", "al = 0 (not retired)", None))
         steps.append(WindowStep(
             "4 · no dependent access", "The access probe[value * 4096] never runs with a "
             "secret value.", "0", "-", None))
@@ -441,7 +287,7 @@ def transient_window(load: TransientLoad) -> list[WindowStep]:
         WindowStep("7 · the line stays", "The cache is not rolled back. Flush+Reload times a "
                    "reload of every probe line: " + (
                        f"line {line:#04x} is fast, and names the byte." if line is not None
-                       else "none is fast (line 0 would be ignored: the zero bias)."),
+                       else "none is fast: nothing was read."),
                    "0", "-", line),
     ]
     return steps
@@ -583,23 +429,28 @@ class MeltdownLab(OutputView, widgets.VBox):
             show_error(self.output, e)
             return None
         self.result = r
-        run: LeakRun = r["run"]
-        acc = "n/a" if r["accuracy"] is None else f"{r['accuracy']:.0%}"
+        run = r["run"]
+        first: TransientLoad = r["first"]
+        acc = "n/a" if run.accuracy is None else f"{run.accuracy:.0%}"
         lines = [
             f"target {TARGETS[r['target']]} at {r['address']:#x}",
-            f"transient load: {r['verdict']}",
+            f"first byte's load: {first.reason}",
             f"recovered: {r['recovered']!r}",
             f"truth:     {r['truth']!r}",
-            f"bytes right: {acc}; mean confidence {run.confidence.mean():.2f}; "
-            f"simulated rate {r['rate'] / 1024:.1f} KiB/s at {run.clock_ghz} GHz",
+            f"bytes right: {acc}; bytes with any observation: {int(run.recovered.sum())} of "
+            f"{run.length}; simulated rate {run.bytes_per_second / 1024:.1f} KiB/s",
         ]
-        color = FAULT_COLOR if (r["accuracy"] or 0) > 0.5 and r["forwarded"] else OK_COLOR
+        leaked = bool(run.recovered.any()) and (run.accuracy or 0) > 0.5
+        color = FAULT_COLOR if leaked else OK_COLOR
         html = ("<div style='font-family:monospace;white-space:pre'>"
                 + "<br>".join(esc(x) for x in lines[:2])
                 + f"<br><span style='color:{color}'><b>{esc(lines[2])}</b></span><br>"
                 + "<br>".join(esc(x) for x in lines[3:]) + "</div>")
-        fig = probe_figure(run.last_rounds[0], run.threshold,
-                           "probe lines after the last byte's first attempt")
+        t = timing(self.cpu.value)
+        cached = lit_lines(first.value if first.forwarded else None, 1,
+                           np.random.default_rng(0), lost=0.0)[0]
+        fig = probe_figure(reload_times(t, cached, np.random.default_rng(1)), run.threshold,
+                           "one Flush+Reload round after the first byte's attempt")
         show(self.output, html, "\n".join(lines), figure_png(fig))
         return r
 

@@ -47,34 +47,34 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from kaiser_edu.attacks.flush_reload import calibrate as calibration
+from kaiser_edu.attacks.meltdown import kernel_view
+from kaiser_edu.attacks.transient import transient_loads
 from kaiser_edu.course.checks import Case, Check, as_int, hex_or_repr
 from kaiser_edu.kernel.cpu import CPU_MODELS
 from kaiser_edu.kernel.timing import Timing, timing
 from kaiser_edu.widgets.meltdown import (
-    DEFAULT_RETRIES,
     LINES,
     PROBE_STRIDE,
     TARGETS,
-    byte_rounds,
-    calibrate,
-    cpu_timing,
     decode,
     lit_lines,
     machine,
     probe_hits,
     reload_times,
-    transient_load,
+    show_bytes,
 )
 
 __all__ = [
     "LINES", "PROBE_STRIDE", "check_decoder", "check_machine", "check_receiver",
-    "check_threshold", "describe_times", "machine", "reload_times", "transient_rounds",
+    "check_threshold", "describe_times", "leak_with", "machine", "reload_times", "show_bytes",
+    "transient_rounds",
 ]
 
 MIN_ACCURACY = 0.995  # a threshold must classify this share of fresh reloads correctly
@@ -89,9 +89,11 @@ def transient_rounds(t: Timing, byte: int, rounds: int, rng: np.random.Generator
                      empty: float = 0.05) -> np.ndarray:
     """Reload times of the 256 probe lines after each of ``rounds`` transient attempts to
     read ``byte`` (rows: attempts, columns: line = byte value), with a share ``lost`` of
-    attempts that lost the race (line 0 lights), ``empty`` ones (no line) and stray lines
-    (:func:`kaiser_edu.widgets.meltdown.lit_lines`)."""
-    cached = lit_lines(byte, rounds, rng, lost=lost, empty=empty, spurious=spurious)
+    attempts that lost the race, ``empty`` ones (no line) and stray lines
+    (:func:`kaiser_edu.widgets.meltdown.lit_lines`). The attempts are those of libkdump's
+    ``meltdown_fast``, without the ``jz`` loop: a lost race transmits its 0 and lights line 0."""
+    cached = lit_lines(byte, rounds, rng, lost=lost, empty=empty, spurious=spurious,
+                       zero_line=True)
     return reload_times(t, cached, rng)
 
 
@@ -160,7 +162,10 @@ def threshold_range(t: Timing, rng: np.random.Generator) -> ThresholdRange:
     return ThresholdRange(float(good.min()), float(good.max()), hits, misses)
 
 
-engine_threshold = calibrate  # libkdump's rule: (average miss + 2 * average hit) / 3
+def engine_threshold(hit_times: Any, miss_times: Any) -> float:
+    """libkdump's ``detect_flush_reload_threshold()``: (average miss + 2 * average hit) / 3,
+    as :func:`kaiser_edu.attacks.flush_reload.calibrate` computes it."""
+    return (float(np.mean(miss_times)) + 2 * float(np.mean(hit_times))) / 3
 
 
 def threshold_cases(rng: random.Random) -> list[Case]:
@@ -418,36 +423,58 @@ check_decoder = Check(
 #: The machines of exercise 4: (isolation, CPU model, target, seed).
 MACHINE_RUNS = (("off", "skylake", "secret", 1), ("off", "haswell", "victim", 2),
                 ("pti", "skylake", "secret", 3), ("off", "zen2", "secret", 4))
+RETRIES = 12  # attempts per byte in exercise 4
+
+
+def machine_rounds(m, address: int, length: int, gen: np.random.Generator,
+                   retries: int = RETRIES) -> tuple[list[np.ndarray], np.ndarray, list[int]]:
+    """Rounds made by the simulated machine for ``length`` bytes at ``address``: the
+    attacker's transient loads are decided by the attack model on the MMU under its CR3
+    (:func:`kaiser_edu.attacks.transient.transient_loads`), each attempt forwards with the
+    attack model's chance (a lost race transmits nothing, as in libkdump's ``jz`` loop), and
+    every probe line's reload is timed. Returns (rounds per byte, the calibration's hit and
+    miss samples stacked, what each load forwarded: the byte, or 0 for nothing)."""
+    k = m.kernel
+    if k.current is not m.attacker:
+        k.switch_to(m.attacker)
+    t = timing(k.cpu)
+    loads = transient_loads(k, np.arange(address, address + length, dtype=np.uint64))
+    hits, misses, _ = calibration(t, 1000, int(gen.integers(2**31)))
+    forwarded = [int(v) if f else 0 for f, v in zip(loads.forwarded, loads.value)]
+    rounds = [reload_times(t, lit_lines(v if v else None, retries, gen), gen)
+              for v in forwarded]
+    return rounds, np.stack([hits, misses]), forwarded
 
 
 def machine_cases(rng: random.Random) -> list[Case]:
-    """Rounds of reload times made by the simulated machine itself: each byte's transient
-    load is walked on the attacker's CR3 (:func:`kaiser_edu.widgets.meltdown.transient_load`)
-    and its attempts go through the Flush+Reload model. The expected answer is the byte the
-    load forwards, and 0 where it forwards nothing (KAISER/PTI, a CPU that is not affected):
-    there the only right decoding is "nothing", not a guess."""
+    """Rounds of reload times made by the simulated machine itself (:func:`machine_rounds`).
+    The expected answer is the byte the load forwards, and 0 where it forwards nothing
+    (KAISER/PTI, a CPU that is not affected): there the only right decoding is "nothing",
+    not a guess."""
     cases = []
     for isolation, cpu, target, seed in MACHINE_RUNS:
         m = machine(isolation, cpu, seed=seed)
         address, size = m.target(target)
-        t = cpu_timing(m.kernel)
         gen = np.random.default_rng(rng.randrange(2**32))
-        threshold = round(calibrate(*calibration_samples_for(t, gen)))
-        for i in range(size):
-            load = transient_load(m.kernel, m.attacker, address + i)
-            rounds = byte_rounds(load, t, DEFAULT_RETRIES, gen)
-            expected = load.value if load.forwarded else 0
-            if engine_decode(rounds, threshold) != expected:  # noise beat the model: redraw
-                rounds = byte_rounds(load, t, DEFAULT_RETRIES, gen)
-            note = (f"{isolation}, {cpu}: byte {i} of {TARGETS[target]}, "
-                    + ("forwarded" if load.forwarded else "nothing forwarded"))
-            cases.append(Case((rounds, threshold), expected, note=note))
+        rounds, (hits, misses), forwarded = machine_rounds(m, address, size, gen)
+        threshold = round(engine_threshold(hits, misses))
+        for i, (r, expected) in enumerate(zip(rounds, forwarded)):
+            what = "forwarded" if expected else "nothing forwarded"
+            cases.append(Case((r, threshold), expected,
+                              note=f"{isolation}, {cpu}: byte {i} of {TARGETS[target]}, {what}"))
     return cases
 
 
-def calibration_samples_for(t: Timing, gen: np.random.Generator,
-                            n: int = 1000) -> tuple[np.ndarray, np.ndarray]:
-    return reload_times(t, np.ones(n, bool), gen), reload_times(t, np.zeros(n, bool), gen)
+def leak_with(isolation: str, cpu: str, target: str, calibrator: Callable[..., Any],
+              decoder: Callable[..., Any], seed: int = 0) -> tuple[bytes, bytes | None]:
+    """Meltdown on a fresh machine with the student's calibration and decoder: (the bytes
+    decoded, the truth as the kernel reads it through its own mapping)."""
+    m = machine(isolation, cpu, seed=seed)
+    address, size = m.target(target)
+    rounds, (hits, misses), _ = machine_rounds(m, address, size, np.random.default_rng(seed))
+    threshold = float(calibrator(hits, misses))
+    data = bytes(int(decoder(r, threshold)) & 0xFF for r in rounds)
+    return data, kernel_view(m.kernel, m.attacker, address, size)
 
 
 def _machine_hint(case: Case, got: Any) -> str:
