@@ -352,19 +352,27 @@ def _dropdown(options, value, description):
                             style={"description_width": "initial"})
 
 
-class TransientStepper(OutputView, widgets.VBox):
-    """Step through one Meltdown attempt on a chosen machine and target."""
+class _MachineControls:
+    """The isolation, CPU and target dropdowns both views share; ``on_change`` runs when any
+    of them changes."""
 
-    def __init__(self, isolation: str = "off", cpu: str = "skylake", target: str = "secret"):
+    def _controls(self, isolation: str, cpu: str, target: str, on_change) -> None:
         self.isolation = _dropdown([(v, k) for k, v in ISOLATION_MODES.items()], isolation,
                                    "isolation")
         self.cpu = _dropdown(list(CPU_MODELS), cpu, "CPU")
         self.target = _dropdown([(v, k) for k, v in TARGETS.items()], target, "target")
-        self.step = widgets.IntSlider(value=0, min=0, max=6, description="step")
         self.output = widgets.Output()
-        self._steps: list[WindowStep] = []
         for control in (self.isolation, self.cpu, self.target):
-            control.observe(lambda _: self.recompute(), names="value")
+            control.observe(lambda _: on_change(), names="value")
+
+
+class TransientStepper(_MachineControls, OutputView, widgets.VBox):
+    """Step through one Meltdown attempt on a chosen machine and target."""
+
+    def __init__(self, isolation: str = "off", cpu: str = "skylake", target: str = "secret"):
+        self._controls(isolation, cpu, target, lambda: self.recompute())
+        self.step = widgets.IntSlider(value=0, min=0, max=6, description="step")
+        self._steps: list[WindowStep] = []
         self.step.observe(lambda _: self.render(), names="value")
         super().__init__([widgets.HBox([self.isolation, self.cpu]), self.target, self.step,
                           self.output])
@@ -403,20 +411,14 @@ class TransientStepper(OutputView, widgets.VBox):
                 f"target={self.target.value!r}, step={self.step.value}/{self.step.max})")
 
 
-class MeltdownLab(OutputView, widgets.VBox):
+class MeltdownLab(_MachineControls, OutputView, widgets.VBox):
     """Pick the isolation mode, the CPU and the target; run Meltdown; see what came back."""
 
     def __init__(self, isolation: str = "off", cpu: str = "skylake", target: str = "secret"):
-        self.isolation = _dropdown([(v, k) for k, v in ISOLATION_MODES.items()], isolation,
-                                   "isolation")
-        self.cpu = _dropdown(list(CPU_MODELS), cpu, "CPU")
-        self.target = _dropdown([(v, k) for k, v in TARGETS.items()], target, "target")
+        self._controls(isolation, cpu, target, lambda: self.run())
         self.run_button = widgets.Button(description="Run the attack", button_style="primary")
-        self.output = widgets.Output()
         self.result: dict | None = None
         self.run_button.on_click(lambda _: self.run())
-        for control in (self.isolation, self.cpu, self.target):
-            control.observe(lambda _: self.run(), names="value")
         super().__init__([widgets.HBox([self.isolation, self.cpu]),
                           widgets.HBox([self.target, self.run_button]), self.output])
         self.run()
