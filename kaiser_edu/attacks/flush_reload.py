@@ -47,19 +47,33 @@ N_PARAMS = 12
 
 
 @numba.njit(cache=True)
+def timed_reload(mean, sigma, tail_prob, tail):
+    """One timed reload: its noise-free cost plus the normal core, plus an interrupt's tail
+    with probability ``tail_prob`` (scalars only: cheap to call per line)."""
+    t = mean + np.random.normal() * sigma
+    if np.random.random() < tail_prob:
+        t += tail
+    return t
+
+
+@numba.njit(cache=True)
+def transmitted_line(forwarded, value, p_forward):
+    """The probe line one transient attempt touches, or -1: the value if it was forwarded
+    and won the race (probability ``p_forward``), and never for a 0 (the PoC's ``jz``
+    retries a 0 instead of transmitting it: Meltdown's zero bias)."""
+    if forwarded and value != 0 and np.random.random() < p_forward:
+        return np.int64(value)
+    return np.int64(-1)
+
+
+@numba.njit(cache=True)
 def _calibrate_kernel(hit, miss, sigma, tail_prob, tail, n, seed):
     np.random.seed(seed)
     hits = np.empty(n, np.float64)
     misses = np.empty(n, np.float64)
     for i in range(n):
-        h = hit + np.random.normal() * sigma
-        if np.random.random() < tail_prob:
-            h += tail
-        m = miss + np.random.normal() * sigma
-        if np.random.random() < tail_prob:
-            m += tail
-        hits[i] = h
-        misses[i] = m
+        hits[i] = timed_reload(hit, sigma, tail_prob, tail)
+        misses[i] = timed_reload(miss, sigma, tail_prob, tail)
     return hits, misses
 
 
@@ -110,16 +124,12 @@ def meltdown_rounds(forwarded, value, cached, params, retries, need, seed):
         for _a in range(retries):
             done += 1
             cycles += per_attempt
-            line = -1
-            if forwarded[i] and value[i] != 0 and np.random.random() < p_fwd:
-                line = np.int64(value[i])
+            line = transmitted_line(forwarded[i], value[i], p_fwd)
             # The touched line's timed reload.
             untouched = 256
             if line >= 0:
                 untouched = 255
-                t = hit_t + np.random.normal() * sigma
-                if np.random.random() < tail_prob:
-                    t += tail
+                t = timed_reload(hit_t, sigma, tail_prob, tail)
                 cycles += t
                 if t < thr:
                     counts[line] += 1
@@ -148,6 +158,41 @@ def meltdown_rounds(forwarded, value, cached, params, retries, need, seed):
             data[i] = best
             confidence[i] = counts[best] / total
     return data, confidence, attempts, cycles
+
+
+@numba.njit(cache=True)
+def observe_rounds(forwarded, value, cached, params, retries, seed):
+    """Every timed reload of ``retries`` attempts per byte, line by line:
+    a (bytes, retries, 256) array for a student's own receiver and decoder (lab 05)."""
+    np.random.seed(seed)
+    n = forwarded.shape[0]
+    times = np.empty((n, retries, 256), np.float32)
+    for i in range(n):
+        p_fwd = params[P_FWD_CACHED] if cached[i] else params[P_FWD_UNCACHED]
+        for a in range(retries):
+            line = transmitted_line(forwarded[i], value[i], p_fwd)
+            for j in range(256):
+                mean = params[P_HIT] if j == line else params[P_MISS]
+                times[i, a, j] = timed_reload(mean, params[P_SIGMA], params[P_TAIL_PROB],
+                                              params[P_TAIL])
+    return times
+
+
+def decode(times: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
+    """The reference decoder over reload times of shape (bytes, retries, 256): per byte,
+    the value whose line was below ``threshold`` most often, ignoring line 0 (never
+    transmitted); 0 with confidence 0 where no line ever hit. Confidence is the share of
+    hits that agree."""
+    times = np.asarray(times)
+    if times.ndim != 3 or times.shape[2] != PROBE_LINES:
+        raise KaiserEduError(f"times must have shape (bytes, retries, 256), got {times.shape}")
+    counts = (times < threshold).sum(axis=1)[:, 1:]
+    best = counts.argmax(axis=1)
+    top = counts[np.arange(len(counts)), best]
+    total = counts.sum(axis=1)
+    data = np.where(top > 0, best + 1, 0).astype(np.uint8)
+    confidence = np.divide(top, total, out=np.zeros(len(top)), where=total > 0)
+    return data, confidence
 
 
 def params_array(t: Timing, threshold: float, p_cached: float, p_uncached: float,

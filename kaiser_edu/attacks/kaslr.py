@@ -88,6 +88,7 @@ class Scan:
 
     candidates: np.ndarray  # uint64 slot addresses (text: candidate _text values)
     times: np.ndarray  # float64 median cycles per candidate (first round excluded)
+    first: np.ndarray  # float64 cycles of each candidate's first probe (the cold TLB)
     mapped: np.ndarray  # bool, confirmed by the verification pass
     guess: int | None
     truth: int
@@ -249,7 +250,7 @@ def _scan(prober: _Prober, slots: np.ndarray, offset: int, rounds: int, threshol
         again = prober.run(vas[i:i + 1], VERIFY_ROUNDS, depth[i:i + 1])
         mapped[i] = np.median(again[1:]) < threshold
     guess = int(slots[np.flatnonzero(mapped)[0]]) if mapped.any() else None
-    return Scan(slots, med, mapped, guess, truth)
+    return Scan(slots, med, times[0], mapped, guess, truth)
 
 
 def break_kaslr(kernel, attacker_task, *, method: str = "prefetch", seed: int = 0,
