@@ -50,6 +50,10 @@ EntryBleed's syscall, not the probing, put the entry text in the TLB.
 :func:`kaiser_edu.attacks.transient.transient_loads` ``(kernel, vas) -> TransientLoads``:
 what each user-mode load forwards, and why.
 
+:func:`kaiser_edu.attacks.flare.apply_flare` ``(kernel) -> int``: the FLARE countermeasure
+(dummy mappings in every free kernel-image slot of the user-visible tables); call it right
+after boot, before spawning. ``Scan.threshold`` is each scan's hit/miss threshold.
+
 Command line: ``kaiser-edu attack meltdown ...`` and ``kaiser-edu attack kaslr ...``
 (:mod:`kaiser_edu.attacks.cli`).
 """

@@ -8,11 +8,12 @@ was cached and :attr:`Timing.reload_miss` if it came from DRAM, plus noise (a no
 all from :mod:`kaiser_edu.kernel.timing`).
 
 The prefetcher is left out on purpose: the Meltdown probe array has one line per 4 KiB page
-(``probe[value * 4096]``), and Intel's hardware prefetchers do not prefetch across a 4 KiB
-page boundary (the L2 streamer and the adjacent-line prefetcher work inside a page: Intel 64
-and IA-32 Architectures Optimization Reference Manual, section on hardware prefetching), so
-touching one probe line never brings in another. That is why the paper and its PoC use a
-page stride (IAIK/meltdown libkdump.c: ``mem + i * 4096``).
+(``probe[value * 4096]``), and Intel's hardware prefetchers stay inside a page: "hardware
+prefetching will not cross 4KB page boundaries" (IA-32 Intel Architecture Optimization
+Reference Manual, 248966-013US, 2006, section 1, hardware prefetching; the same rule is
+listed for the later cores' streamers, "Does not prefetch across 4K boundary"). So touching
+one probe line never brings in another, which is why the paper and its PoC use a page stride
+(IAIK/meltdown libkdump.c: ``mem + i * 4096``).
 
 The threshold between a hit and a miss is calibrated as the PoC does it
 (libkdump.c ``detect_flush_reload_threshold``): ``(miss + 2 * hit) / 3`` from the averages
