@@ -180,3 +180,19 @@ def test_story_steps_through_one_attempt(isolation, forwarded):
         assert s.value is None and s.line is None and s.decoded is None
         assert "not-present" in s.walk.summary()
     assert "TSX" in s.fault  # the Skylake model has RTM
+
+
+def test_data_cache_flush_reload_finds_the_touched_line():
+    from kaiser_edu.attacks.flush_reload import PROBE_STRIDE, DataCache
+
+    cache, probe, t = DataCache(), 0x4000_0000, timing("haswell")
+    lines = probe + np.arange(256) * PROBE_STRIDE
+    for seed in range(5):
+        for a in lines:
+            cache.clflush(int(a))
+        cache.access(probe + 200 * PROBE_STRIDE + 63)  # same 64-byte line as +200*4096
+        assert cache.cached(probe + 200 * PROBE_STRIDE) and not cache.cached(probe + 64)
+        times = cache.reload(lines, t, seed=seed)
+        _, _, thr = calibrate(t, 500, seed)
+        assert list(np.flatnonzero(times < thr)) == [200]
+        assert all(cache.cached(int(a)) for a in lines)  # a reload caches what it loads

@@ -78,6 +78,55 @@ def _calibrate_kernel(hit, miss, sigma, tail_prob, tail, n, seed):
     return hits, misses
 
 
+class DataCache:
+    """The data cache as Flush+Reload needs it: 64-byte lines, present or not.
+
+    ``access`` brings an address's line in, ``clflush`` evicts it, ``reload`` times loads of
+    a batch of addresses (each ``reload_hit`` or ``reload_miss`` cycles plus the timing
+    model's noise) and, as a real load does, leaves their lines cached. No capacity, no
+    replacement, no prefetcher (see the module docstring): what a 256-line probe array
+    needs. :func:`meltdown_rounds` runs exactly this flush / access / reload sequence, in
+    bulk, inside numba.
+
+    >>> from kaiser_edu.kernel.timing import timing
+    >>> cache, probe = DataCache(), 0x10_0000
+    >>> for v in range(256): cache.clflush(probe + v * PROBE_STRIDE)
+    >>> cache.access(probe + 42 * PROBE_STRIDE)
+    >>> times = cache.reload(probe + np.arange(256) * PROBE_STRIDE, timing("skylake"), seed=1)
+    >>> int(times.argmin())
+    42
+    """
+
+    def __init__(self) -> None:
+        self.lines: set[int] = set()
+
+    @staticmethod
+    def line(address: int) -> int:
+        return int(address) // LINE_SIZE
+
+    def access(self, address: int) -> None:
+        self.lines.add(self.line(address))
+
+    def clflush(self, address: int) -> None:
+        self.lines.discard(self.line(address))
+
+    def cached(self, address: int) -> bool:
+        return self.line(address) in self.lines
+
+    def reload(self, addresses, t: Timing, seed: int = 0) -> np.ndarray:
+        """Timed reloads of ``addresses`` in order (cycles, noise from ``seed``); afterwards
+        all of their lines are cached."""
+        addresses = np.asarray(addresses, dtype=np.uint64)
+        hit = np.array([self.cached(a) for a in addresses.tolist()], bool)
+        rng = np.random.default_rng(seed)
+        times = np.where(hit, t.reload_hit, t.reload_miss)
+        times = times + rng.normal(0.0, t.noise_sigma, len(addresses))
+        times += (rng.random(len(addresses)) < t.tail_prob) * t.tail_cycles
+        for a in addresses.tolist():
+            self.access(a)
+        return times
+
+
 def calibrate(t: Timing, n: int = 1000, seed: int = 0) -> tuple[np.ndarray, np.ndarray, float]:
     """Timed reloads of a cached line and of a flushed line, ``n`` of each, and the threshold
     the PoC derives from them: ``(mean miss + 2 * mean hit) / 3``. The lesson's histogram."""

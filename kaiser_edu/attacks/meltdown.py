@@ -22,7 +22,7 @@ physical-memory reader: ``page_offset_base + pa`` reaches every frame of RAM.
 
 >>> from kaiser_edu.kernel.machine import Kernel
 >>> k = Kernel(isolation="off", cpu="skylake", seed=3)
->>> r = leak(k, k.spawn("attacker"), secret_address(k), 18, seed=1)
+>>> r = leak(k, k.spawn("attacker"), secret_address(k), 17, seed=1)
 >>> r.data
 b'The KAISER secret'
 """
