@@ -21,6 +21,7 @@ SUBCOMMANDS = {
     "doctor": ("kaiser_edu.course.doctor", "check this machine: versions, numba, Meltdown/KPTI"),
     "check": ("kaiser_edu.course.check_notebook", "run a lab notebook and report every exercise"),
     "build-exercises": ("kaiser_edu.course.build_cli", "write exercises/ from solutions/"),
+    "attack": ("kaiser_edu.attacks.cli", "run Meltdown or a KASLR break on the simulated machine"),
 }
 
 

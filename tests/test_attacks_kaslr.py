@@ -98,3 +98,35 @@ def test_bad_arguments(kwargs, message):
 
 def test_methods_listed():
     assert METHODS == ("prefetch", "double-fault", "entrybleed")
+
+
+def test_entrybleed_the_syscall_leaves_the_entry_text_in_the_tlb():
+    """Under PTI the entry text is global in the user tables: right after the syscall its
+    slot is a TLB hit already in the first round, before any probe could have filled it."""
+    k = Kernel(isolation="pti", seed=6)
+    r = break_kaslr(k, k.spawn("attacker"), method="entrybleed", seed=6)
+    true = np.flatnonzero(r.candidates == k.layout.kernel_text)[0]
+    assert r.text.first[true] < r.threshold
+    others = np.delete(r.text.first, true)
+    assert np.median(others) > r.threshold
+
+
+@pytest.mark.parametrize("seed", (1, 9))
+@pytest.mark.parametrize("isolation", ["off", "kaiser", "pti"])
+def test_flare_hides_mapping_state_not_tlb_state(isolation, seed):
+    """FLARE maps a dummy into every free slot: the breaks that ask 'is it mapped?' report
+    nothing (never a wrong guess); EntryBleed, which asks 'did the syscall use it?', wins."""
+    from kaiser_edu.attacks.flare import apply_flare, user_visible_tables
+
+    k = Kernel(isolation=isolation, seed=seed)
+    assert apply_flare(k) > 400
+    tables = user_visible_tables(k)
+    for slot in text_candidates()[::37].tolist():
+        assert tables.translate(int(slot)) is not None  # every slot translates now
+    attacker = k.spawn("attacker")
+    for method in ("prefetch", "double-fault"):
+        r = break_kaslr(k, attacker, method=method, seed=seed)
+        assert r.text_base is None, method
+        assert r.text.mapped.sum() > 32  # it saw (most of) them mapped: ambiguous
+    r = break_kaslr(k, attacker, method="entrybleed", seed=seed)
+    assert r.text_base == k.layout.kernel_text

@@ -133,3 +133,66 @@ def test_bad_retries_refused():
     k, attacker = _boot("off")
     with pytest.raises(KaiserEduError, match="retries"):
         m.leak(k, attacker, m.secret_address(k), 4, retries=0)
+
+
+def test_observe_and_the_reference_decoder_agree_with_leak():
+    from kaiser_edu.attacks.flush_reload import decode
+
+    k, attacker = _boot("off")
+    obs = m.observe(k, attacker, m.secret_address(k), 20, retries=8, seed=2)
+    assert obs.times.shape == (20, 8, 256) and obs.times.dtype == np.float32
+    threshold = (obs.misses.mean() + 2 * obs.hits.mean()) / 3
+    data, confidence = decode(obs.times, threshold)
+    assert bytes(data) == obs.truth == b"The KAISER secret: k"
+    assert (confidence > 0.5).all()
+    # under PTI the same receiver sees only misses
+    k, attacker = _boot("pti")
+    obs = m.observe(k, attacker, m.secret_address(k), 20, retries=8, seed=2)
+    assert (obs.times.min(axis=(1, 2)) > threshold).all()
+    assert not decode(obs.times, threshold)[0].any()
+
+
+def test_observe_refuses_huge_requests():
+    k, attacker = _boot("off")
+    with pytest.raises(KaiserEduError, match="at most 65536"):
+        m.observe(k, attacker, m.secret_address(k), 4096, retries=100)
+
+
+def test_decode_refuses_wrong_shapes():
+    from kaiser_edu.attacks.flush_reload import decode
+
+    with pytest.raises(KaiserEduError, match="shape"):
+        decode(np.zeros((3, 255)), 100.0)
+
+
+@pytest.mark.parametrize("isolation,forwarded", [("off", True), ("pti", False)])
+def test_story_steps_through_one_attempt(isolation, forwarded):
+    k, attacker = _boot(isolation)
+    s = m.story(k, attacker, m.secret_address(k), seed=2)
+    titles = [t for t, _ in s.steps()]
+    assert titles == ["the load", "the forwarding", "the dependent access", "the fault",
+                      "the roll-back", "the cache line that stays"]
+    assert len(s.reload_times) == 256
+    if forwarded:
+        assert s.value == ord("T") and s.line == ord("T") and s.decoded == ord("T")
+        assert "protection violation" in s.walk.summary()
+    else:
+        assert s.value is None and s.line is None and s.decoded is None
+        assert "not-present" in s.walk.summary()
+    assert "TSX" in s.fault  # the Skylake model has RTM
+
+
+def test_data_cache_flush_reload_finds_the_touched_line():
+    from kaiser_edu.attacks.flush_reload import PROBE_STRIDE, DataCache
+
+    cache, probe, t = DataCache(), 0x4000_0000, timing("haswell")
+    lines = probe + np.arange(256) * PROBE_STRIDE
+    for seed in range(5):
+        for a in lines:
+            cache.clflush(int(a))
+        cache.access(probe + 200 * PROBE_STRIDE + 63)  # same 64-byte line as +200*4096
+        assert cache.cached(probe + 200 * PROBE_STRIDE) and not cache.cached(probe + 64)
+        times = cache.reload(lines, t, seed=seed)
+        _, _, thr = calibrate(t, 500, seed)
+        assert list(np.flatnonzero(times < thr)) == [200]
+        assert all(cache.cached(int(a)) for a in lines)  # a reload caches what it loads

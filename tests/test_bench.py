@@ -65,6 +65,7 @@ GOOD = {
     "reference_random_ns": 10000.0, "warm_start_s": 0.5, "peak_rss_mib_1e6_pages": 300.0,
     "syscall_off_per_s": 12e6, "syscall_pti_pcid_per_s": 11e6, "syscall_pti_nopcid_per_s": 2e6,
 }
+GOOD.update({"attack_leak_4k_s": 0.5, "attack_leak_4k_accuracy": 1.0, "attack_kaslr_s": 0.4})
 
 
 def test_targets_pass_and_miss():

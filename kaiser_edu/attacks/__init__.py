@@ -33,10 +33,26 @@ retries=50, seed=0, warm=True, measurements=3) -> LeakResult``
 
 Building blocks for the lessons and labs
 ----------------------------------------
+:func:`kaiser_edu.attacks.meltdown.observe` ``(kernel, attacker_task, address, length, *,
+retries=10, seed=0, warm=True) -> Observation``: every timed reload, ``times[byte, attempt,
+line]`` (float32), plus calibration samples ``hits``/``misses`` and ``truth``: the input of
+a student's own receiver and decoder (lab 05).
+:func:`kaiser_edu.attacks.flush_reload.decode` ``(times, threshold) -> (data, confidence)``:
+the reference decoder (line 0 ignored: the zero bias).
+:func:`kaiser_edu.attacks.meltdown.story` ``(kernel, attacker_task, address, *, seed=0) ->
+Story``: one attempt at one byte; ``Story.steps()`` gives (title, text) for the load, the
+forwarding, the dependent access, the fault, the roll-back and the cache line that stays;
+``walk``, ``value``, ``line``, ``reload_times``, ``threshold``, ``decoded``.
 :func:`kaiser_edu.attacks.flush_reload.calibrate` ``(timing, n, seed) -> (hits, misses,
 threshold)``: timed reloads of a cached and a flushed line, and the PoC's threshold.
+``KaslrResult.text.first``: each candidate's first probe (cold TLB), e.g. to show that
+EntryBleed's syscall, not the probing, put the entry text in the TLB.
 :func:`kaiser_edu.attacks.transient.transient_loads` ``(kernel, vas) -> TransientLoads``:
 what each user-mode load forwards, and why.
+
+:func:`kaiser_edu.attacks.flare.apply_flare` ``(kernel) -> int``: the FLARE countermeasure
+(dummy mappings in every free kernel-image slot of the user-visible tables); call it right
+after boot, before spawning. ``Scan.threshold`` is each scan's hit/miss threshold.
 
 Command line: ``kaiser-edu attack meltdown ...`` and ``kaiser-edu attack kaslr ...``
 (:mod:`kaiser_edu.attacks.cli`).

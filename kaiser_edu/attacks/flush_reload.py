@@ -8,11 +8,12 @@ was cached and :attr:`Timing.reload_miss` if it came from DRAM, plus noise (a no
 all from :mod:`kaiser_edu.kernel.timing`).
 
 The prefetcher is left out on purpose: the Meltdown probe array has one line per 4 KiB page
-(``probe[value * 4096]``), and Intel's hardware prefetchers do not prefetch across a 4 KiB
-page boundary (the L2 streamer and the adjacent-line prefetcher work inside a page: Intel 64
-and IA-32 Architectures Optimization Reference Manual, section on hardware prefetching), so
-touching one probe line never brings in another. That is why the paper and its PoC use a
-page stride (IAIK/meltdown libkdump.c: ``mem + i * 4096``).
+(``probe[value * 4096]``), and Intel's hardware prefetchers stay inside a page: "hardware
+prefetching will not cross 4KB page boundaries" (IA-32 Intel Architecture Optimization
+Reference Manual, 248966-013US, 2006, section 1, hardware prefetching; the same rule is
+listed for the later cores' streamers, "Does not prefetch across 4K boundary"). So touching
+one probe line never brings in another, which is why the paper and its PoC use a page stride
+(IAIK/meltdown libkdump.c: ``mem + i * 4096``).
 
 The threshold between a hit and a miss is calibrated as the PoC does it
 (libkdump.c ``detect_flush_reload_threshold``): ``(miss + 2 * hit) / 3`` from the averages
@@ -47,20 +48,83 @@ N_PARAMS = 12
 
 
 @numba.njit(cache=True)
+def timed_reload(mean, sigma, tail_prob, tail):
+    """One timed reload: its noise-free cost plus the normal core, plus an interrupt's tail
+    with probability ``tail_prob`` (scalars only: cheap to call per line)."""
+    t = mean + np.random.normal() * sigma
+    if np.random.random() < tail_prob:
+        t += tail
+    return t
+
+
+@numba.njit(cache=True)
+def transmitted_line(forwarded, value, p_forward):
+    """The probe line one transient attempt touches, or -1: the value if it was forwarded
+    and won the race (probability ``p_forward``), and never for a 0 (the PoC's ``jz``
+    retries a 0 instead of transmitting it: Meltdown's zero bias)."""
+    if forwarded and value != 0 and np.random.random() < p_forward:
+        return np.int64(value)
+    return np.int64(-1)
+
+
+@numba.njit(cache=True)
 def _calibrate_kernel(hit, miss, sigma, tail_prob, tail, n, seed):
     np.random.seed(seed)
     hits = np.empty(n, np.float64)
     misses = np.empty(n, np.float64)
     for i in range(n):
-        h = hit + np.random.normal() * sigma
-        if np.random.random() < tail_prob:
-            h += tail
-        m = miss + np.random.normal() * sigma
-        if np.random.random() < tail_prob:
-            m += tail
-        hits[i] = h
-        misses[i] = m
+        hits[i] = timed_reload(hit, sigma, tail_prob, tail)
+        misses[i] = timed_reload(miss, sigma, tail_prob, tail)
     return hits, misses
+
+
+class DataCache:
+    """The data cache as Flush+Reload needs it: 64-byte lines, present or not.
+
+    ``access`` brings an address's line in, ``clflush`` evicts it, ``reload`` times loads of
+    a batch of addresses (each ``reload_hit`` or ``reload_miss`` cycles plus the timing
+    model's noise) and, as a real load does, leaves their lines cached. No capacity, no
+    replacement, no prefetcher (see the module docstring): what a 256-line probe array
+    needs. :func:`meltdown_rounds` runs exactly this flush / access / reload sequence, in
+    bulk, inside numba.
+
+    >>> from kaiser_edu.kernel.timing import timing
+    >>> cache, probe = DataCache(), 0x10_0000
+    >>> for v in range(256): cache.clflush(probe + v * PROBE_STRIDE)
+    >>> cache.access(probe + 42 * PROBE_STRIDE)
+    >>> times = cache.reload(probe + np.arange(256) * PROBE_STRIDE, timing("skylake"), seed=1)
+    >>> int(times.argmin())
+    42
+    """
+
+    def __init__(self) -> None:
+        self.lines: set[int] = set()
+
+    @staticmethod
+    def line(address: int) -> int:
+        return int(address) // LINE_SIZE
+
+    def access(self, address: int) -> None:
+        self.lines.add(self.line(address))
+
+    def clflush(self, address: int) -> None:
+        self.lines.discard(self.line(address))
+
+    def cached(self, address: int) -> bool:
+        return self.line(address) in self.lines
+
+    def reload(self, addresses, t: Timing, seed: int = 0) -> np.ndarray:
+        """Timed reloads of ``addresses`` in order (cycles, noise from ``seed``); afterwards
+        all of their lines are cached."""
+        addresses = np.asarray(addresses, dtype=np.uint64)
+        hit = np.array([self.cached(a) for a in addresses.tolist()], bool)
+        rng = np.random.default_rng(seed)
+        times = np.where(hit, t.reload_hit, t.reload_miss)
+        times = times + rng.normal(0.0, t.noise_sigma, len(addresses))
+        times += (rng.random(len(addresses)) < t.tail_prob) * t.tail_cycles
+        for a in addresses.tolist():
+            self.access(a)
+        return times
 
 
 def calibrate(t: Timing, n: int = 1000, seed: int = 0) -> tuple[np.ndarray, np.ndarray, float]:
@@ -110,16 +174,12 @@ def meltdown_rounds(forwarded, value, cached, params, retries, need, seed):
         for _a in range(retries):
             done += 1
             cycles += per_attempt
-            line = -1
-            if forwarded[i] and value[i] != 0 and np.random.random() < p_fwd:
-                line = np.int64(value[i])
+            line = transmitted_line(forwarded[i], value[i], p_fwd)
             # The touched line's timed reload.
             untouched = 256
             if line >= 0:
                 untouched = 255
-                t = hit_t + np.random.normal() * sigma
-                if np.random.random() < tail_prob:
-                    t += tail
+                t = timed_reload(hit_t, sigma, tail_prob, tail)
                 cycles += t
                 if t < thr:
                     counts[line] += 1
@@ -148,6 +208,41 @@ def meltdown_rounds(forwarded, value, cached, params, retries, need, seed):
             data[i] = best
             confidence[i] = counts[best] / total
     return data, confidence, attempts, cycles
+
+
+@numba.njit(cache=True)
+def observe_rounds(forwarded, value, cached, params, retries, seed):
+    """Every timed reload of ``retries`` attempts per byte, line by line:
+    a (bytes, retries, 256) array for a student's own receiver and decoder (lab 05)."""
+    np.random.seed(seed)
+    n = forwarded.shape[0]
+    times = np.empty((n, retries, 256), np.float32)
+    for i in range(n):
+        p_fwd = params[P_FWD_CACHED] if cached[i] else params[P_FWD_UNCACHED]
+        for a in range(retries):
+            line = transmitted_line(forwarded[i], value[i], p_fwd)
+            for j in range(256):
+                mean = params[P_HIT] if j == line else params[P_MISS]
+                times[i, a, j] = timed_reload(mean, params[P_SIGMA], params[P_TAIL_PROB],
+                                              params[P_TAIL])
+    return times
+
+
+def decode(times: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
+    """The reference decoder over reload times of shape (bytes, retries, 256): per byte,
+    the value whose line was below ``threshold`` most often, ignoring line 0 (never
+    transmitted); 0 with confidence 0 where no line ever hit. Confidence is the share of
+    hits that agree."""
+    times = np.asarray(times)
+    if times.ndim != 3 or times.shape[2] != PROBE_LINES:
+        raise KaiserEduError(f"times must have shape (bytes, retries, 256), got {times.shape}")
+    counts = (times < threshold).sum(axis=1)[:, 1:]
+    best = counts.argmax(axis=1)
+    top = counts[np.arange(len(counts)), best]
+    total = counts.sum(axis=1)
+    data = np.where(top > 0, best + 1, 0).astype(np.uint8)
+    confidence = np.divide(top, total, out=np.zeros(len(top)), where=total > 0)
+    return data, confidence
 
 
 def params_array(t: Timing, threshold: float, p_cached: float, p_uncached: float,

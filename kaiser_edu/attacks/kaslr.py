@@ -7,7 +7,8 @@ far the *address translation* gets. The times come from the MMU as it is (TLB hi
 L2, or a walk that reads N entries before it ends) priced by :mod:`kaiser_edu.kernel.timing`
 with seeded noise; nothing here looks at ``kernel.layout`` except to report the truth.
 
-``prefetch``  Gruss, Maurice, Fogh, Lipp, Mangard, "Prefetch Side-Channel Attacks", CCS 2016:
+``prefetch``  Gruss, Maurice, Fogh, Lipp, Mangard, "Prefetch Side-Channel Attacks: Bypassing
+    SMAP and Kernel ASLR", CCS 2016:
     a PREFETCH never faults and does no privilege check, but it translates its address, and
     a translation that completes is cached in the TLB. Modelled as an MMU read at CPL 0 with
     RFLAGS.AC=1 (no U/S check, no SMAP) whose fault, if any, is dropped. A mapped slot is a
@@ -17,9 +18,11 @@ with seeded noise; nothing here looks at ``kernel.layout`` except to report the 
     Space ASLR", IEEE S&P 2013: access each candidate from user mode twice and time the
     second fault. Model choice: the SDM lets the TLB cache any *valid* translation ("there
     can be a TLB entry for a page number only if the P flag is 1 and the reserved bits are 0
-    in each of the paging-structure entries used", SDM Vol. 3A 4.10.1.3 in the 2009-era
-    edition, 4.10.2.3 later), and a protection fault has one (SDM 4.7: "there is a valid
-    translation for the linear address, but its access rights do not permit the access").
+    in each of the paging-structure entries used to translate that page number", SDM Vol.
+    3A, "Details of TLB Use", 4.10.1.3 in edition 253668-032US; later editions renumber it),
+    and a protection fault has one (SDM 4.7: "there is a valid translation for the linear
+    address, but its access rights do not permit the access"). The same section allows
+    caching "translations required for prefetches", the basis of the prefetch model.
     The simulator's MMU drops the page's entries when it delivers a #PF (hw/tlb.py rule 6),
     so the retention Hund et al. measured is modelled explicitly: after the first fault,
     the same rights-free translation a prefetch makes fills the TLB *iff the walk finds a
@@ -28,15 +31,40 @@ with seeded noise; nothing here looks at ``kernel.layout`` except to report the 
     on Linux", HASP 2023 (CVE-2022-4543): under PTI the entry text stays mapped (and global)
     in the user page tables. Each round makes a syscall, which runs entry_SYSCALL_64 on the
     user CR3 and leaves its translation in the TLB, then prefetches ``entry_SYSCALL_64``'s
-    address for every candidate slot.
+    address for every candidate slot. Before the syscall the attacker evicts the TLB by
+    reading one qword of each of ``EVICTION_PAGES`` pages of its own, so what hits in a
+    round is what the syscall put there, not what the previous round's probes did: this
+    reads TLB *state*, and so also beats FLARE's dummy mappings
+    (:mod:`kaiser_edu.attacks.flare`), which only make every slot *mapped*.
 
 Deciding: the attacker calibrates on its own address space, a TLB hit (a page it just used)
 and the shortest walk (an address in an empty PGD slot, one entry read), both probed the way
-the method probes; the threshold is their midpoint. A candidate is mapped if the median of
+the method probes; the threshold is their midpoint, raised to halfway between the hit and
+the median candidate when most candidates walk deeper than one level (so an L2 TLB hit still
+counts as a hit where unmapped slots walk three levels). A candidate is mapped if the median of
 its probes (after the first, priming round) is below it, confirmed by a second pass of
 ``VERIFY_ROUNDS`` probes. The guess is the lowest confirmed slot (the image and the direct
-map each start at their lowest mapped slot), and None when nothing is confirmed: an honest
-"not found" instead of a wrong guess.
+map each start at their lowest mapped slot), and None when nothing is confirmed, or when
+more slots look mapped than the region can hold (more than ``MAX_IMAGE_SLOTS`` for the
+text, the 64 MiB KASLR reserves for the image; more than half the candidates for the direct
+map): every slot looks mapped, as under FLARE. An honest "not found", not a wrong guess.
+
+What the model gives (tests/test_attacks_kaslr.py checks it over several seeds):
+
+============  =====================  ======================  ==========================
+method        isolation off          KAISER (2017)           PTI (as merged)
+============  =====================  ======================  ==========================
+prefetch      text and direct map    nothing                 text (not the direct map)
+double-fault  text and direct map    nothing                 text (not the direct map)
+entrybleed    text                   text                    text
+============  =====================  ======================  ==========================
+
+KAISER's shadow maps the entry text with 4 KiB pages at ``_text + 0x1000``, so no slot
+base translates and the first two find nothing; probing entry_SYSCALL_64 itself does. PTI
+clones the entry text's whole 2 MiB PMD, which is ``_text``'s own slot, so every method
+that probes it finds the base; the direct map is in neither user PGD. With FLARE
+(:func:`kaiser_edu.attacks.flare.apply_flare`) every slot translates: prefetch and
+double-fault report nothing, EntryBleed still finds the text.
 """
 
 from __future__ import annotations
@@ -53,11 +81,14 @@ from kaiser_edu.hw.mmu import Trace
 from kaiser_edu.hw.walk import walk
 from kaiser_edu.kernel import layout as L
 from kaiser_edu.kernel.image import ENTRY_SYMBOLS, ENTRY_TEXT_OFFSET
-from kaiser_edu.kernel.mm import PROT_READ
+from kaiser_edu.kernel.mm import PROT_READ, vm_page_prot
 from kaiser_edu.kernel.timing import Timing, timing
 
 METHODS = ("prefetch", "double-fault", "entrybleed")
 VERIFY_ROUNDS = 64
+MAX_IMAGE_SLOTS = (64 << 20) // b.PMD_SIZE  # the room kernel/layout.py leaves for the image
+EVICTION_PAGES = 2048  # more 4 KiB pages than both TLB levels hold (64 + 1536 entries)
+EVICTION_BASE = 0x6000_0000_0000  # where the attacker maps them (an empty PGD slot)
 CALIBRATION_ROUNDS = 64
 EMPTY_USER_SLOT = 0x5000_0000_0000  # PGD index 160: nothing maps there in the simulation
 MAX_ROUNDS = 1024
@@ -88,9 +119,11 @@ class Scan:
 
     candidates: np.ndarray  # uint64 slot addresses (text: candidate _text values)
     times: np.ndarray  # float64 median cycles per candidate (first round excluded)
+    first: np.ndarray  # float64 cycles of each candidate's first probe (the cold TLB)
     mapped: np.ndarray  # bool, confirmed by the verification pass
     guess: int | None
     truth: int
+    threshold: float  # cycles: below it, a probe counts as a TLB hit
 
 
 @dataclass
@@ -103,7 +136,7 @@ class KaslrResult:
     direct_map_base: int | None
     text: Scan
     direct_map: Scan | None
-    threshold: float
+    threshold: float  # the text scan's (Scan.threshold)
     hit_reference: float
     walk_reference: float
     probes: int
@@ -161,6 +194,10 @@ class _Prober:
                                         else t.prefetch)
         self.probes = 0
         self.cycles = 0.0
+        self.eviction: Trace | None = None
+        if method == "entrybleed":
+            va = _eviction_pages(kernel, task)
+            self.eviction = Trace.accesses(va, "read", cpl=3)
 
     def _ops(self, vas: np.ndarray) -> tuple[Trace, np.ndarray]:
         """The trace for one probe of each address, and which op of it is timed."""
@@ -183,12 +220,15 @@ class _Prober:
     def run(self, vas: np.ndarray, rounds: int, depth: np.ndarray) -> np.ndarray:
         """``rounds`` x len(vas) probe times (cycles), round by round through the MMU."""
         times = np.empty((rounds, len(vas)))
+        t = self.t
         for r in range(rounds):
-            if self.method == "entrybleed":
+            if self.eviction is not None:
+                self.k.mmu.run(self.eviction, record=False)
+                self.cycles += len(self.eviction) * (t.cache_hit + t.walk_level)
                 outcome = self.k.syscall(self.task)
                 if not outcome.ok:
                     raise KaiserEduError(f"the attacker's syscall failed: {outcome.detail}")
-                self.cycles += self.t.syscall_sysret + self.t.entry_work
+                self.cycles += t.syscall_sysret + t.entry_work
             trace, timed = self._ops(vas)
             where = self.k.mmu.run(trace).where[timed]
             times[r] = self._price(where, depth)
@@ -229,6 +269,18 @@ def _references(prober: _Prober, task, rounds: int) -> tuple[float, float]:
     return float(np.median(hit)), float(np.median(miss))
 
 
+def _eviction_pages(kernel, task) -> np.ndarray:
+    """One qword in each of EVICTION_PAGES read-only pages of the attacker, populated at once
+    (mmap with MAP_POPULATE: what the first touch of each would do, done for all)."""
+    vma = next((v for v in task.mm.vmas if v.name == "[tlb-eviction]"), None)
+    if vma is None:
+        size = EVICTION_PAGES * b.PAGE_SIZE
+        va = kernel.mmap(task, size, PROT_READ, addr=EVICTION_BASE, name="[tlb-eviction]")
+        frames = kernel.alloc.alloc_contig(EVICTION_PAGES)
+        task.mm.tables.map_range(va, frames, EVICTION_PAGES, vm_page_prot(PROT_READ))
+    return EVICTION_BASE + np.arange(EVICTION_PAGES, dtype=np.uint64) * np.uint64(b.PAGE_SIZE)
+
+
 def _readonly_page(kernel, task) -> int:
     """A read-only page of the attacker, present in its tables (made on first use)."""
     vma = next((v for v in task.mm.vmas if v.name == "[kaslr-ro]"), None)
@@ -238,18 +290,21 @@ def _readonly_page(kernel, task) -> int:
     return va
 
 
-def _scan(prober: _Prober, slots: np.ndarray, offset: int, rounds: int, threshold: float,
-          truth: int) -> Scan:
+def _scan(prober: _Prober, slots: np.ndarray, offset: int, rounds: int, hit: float,
+          threshold: float, truth: int, max_mapped: int) -> Scan:
     vas = slots + np.uint64(offset)
     depth = prober.depth(vas)
     times = prober.run(vas, rounds, depth)
-    med = np.median(times[1:], axis=0) if rounds > 1 else times[0]
+    med = np.median(times[1:], axis=0)
+    threshold = max(threshold, (hit + float(np.median(med))) / 2)
     mapped = med < threshold
-    for i in np.flatnonzero(mapped):  # confirm: a long second look at each suspect
-        again = prober.run(vas[i:i + 1], VERIFY_ROUNDS, depth[i:i + 1])
-        mapped[i] = np.median(again[1:]) < threshold
-    guess = int(slots[np.flatnonzero(mapped)[0]]) if mapped.any() else None
-    return Scan(slots, med, mapped, guess, truth)
+    if mapped.sum() <= max_mapped:  # else too much looks mapped: nothing to confirm
+        for i in np.flatnonzero(mapped):  # confirm: a long second look at each suspect
+            again = prober.run(vas[i:i + 1], VERIFY_ROUNDS, depth[i:i + 1])
+            mapped[i] = np.median(again[1:]) < threshold
+    ambiguous = mapped.sum() > max_mapped
+    guess = int(slots[np.flatnonzero(mapped)[0]]) if mapped.any() and not ambiguous else None
+    return Scan(slots, med, times[0], mapped, guess, truth, threshold)
 
 
 def break_kaslr(kernel, attacker_task, *, method: str = "prefetch", seed: int = 0,
@@ -273,16 +328,18 @@ def break_kaslr(kernel, attacker_task, *, method: str = "prefetch", seed: int = 
     hit, miss = _references(prober, attacker_task, CALIBRATION_ROUNDS)
     threshold = (hit + miss) / 2
     offset = ENTRY_SYSCALL_OFFSET if method == "entrybleed" else 0
-    text = _scan(prober, text_candidates(), offset, rounds, threshold, kernel.layout.kernel_text)
+    text = _scan(prober, text_candidates(), offset, rounds, hit, threshold,
+                 kernel.layout.kernel_text, MAX_IMAGE_SLOTS)
     dmap = None
     if method != "entrybleed":
-        dmap = _scan(prober, direct_map_candidates(), 0, rounds, threshold,
-                     kernel.layout.page_offset)
+        slots = direct_map_candidates()
+        dmap = _scan(prober, slots, 0, rounds, hit, threshold, kernel.layout.page_offset,
+                     len(slots) // 2)
     from kaiser_edu.attacks.meltdown import _cpu_name
 
     return KaslrResult(
         method=method, text_base=text.guess, direct_map_base=dmap.guess if dmap else None,
-        text=text, direct_map=dmap, threshold=threshold, hit_reference=hit,
+        text=text, direct_map=dmap, threshold=text.threshold, hit_reference=hit,
         walk_reference=miss, probes=prober.probes, cycles=prober.cycles,
         seconds=t.cycles_to_seconds(prober.cycles), host_seconds=time.perf_counter() - start,
         cpu=_cpu_name(kernel), isolation=kernel.isolation.name,

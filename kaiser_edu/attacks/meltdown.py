@@ -22,7 +22,7 @@ physical-memory reader: ``page_offset_base + pa`` reaches every frame of RAM.
 
 >>> from kaiser_edu.kernel.machine import Kernel
 >>> k = Kernel(isolation="off", cpu="skylake", seed=3)
->>> r = leak(k, k.spawn("attacker"), secret_address(k), 18, seed=1)
+>>> r = leak(k, k.spawn("attacker"), secret_address(k), 17, seed=1)
 >>> r.data
 b'The KAISER secret'
 """
@@ -36,8 +36,10 @@ import numpy as np
 
 from kaiser_edu.attacks import flush_reload as fr
 from kaiser_edu.attacks.transient import (
+    ARCHITECTURAL,
     P_FORWARD_CACHED,
     P_FORWARD_UNCACHED,
+    REASONS,
     TransientLoads,
     read_bytes,
     transient_loads,
@@ -45,6 +47,7 @@ from kaiser_edu.attacks.transient import (
 from kaiser_edu.errors import KaiserEduError
 from kaiser_edu.hw import bits as b
 from kaiser_edu.hw.address import is_canonical
+from kaiser_edu.hw.walk import WalkResult, walk
 from kaiser_edu.kernel.timing import Timing, timing
 
 MAX_LEAK_BYTES = 1 << 20  # a sane bound for one call (1 MiB)
@@ -189,12 +192,49 @@ def leak(kernel, attacker_task, address: int, length: int, *, retries: int = 50,
     ``warm``: the target is kept in the cache (the paper's syscall that touches the kernel
     secret, or a victim that keeps using its data); its cost, one syscall per attempt, is
     counted. Without it each attempt rarely wins the race (P_FORWARD_UNCACHED)."""
-    check_request(address, length, retries)
     if not isinstance(measurements, int) or measurements < 1:
         raise KaiserEduError(f"measurements must be a positive integer, got {measurements!r}")
+    start = time.perf_counter()
+    run = _prepare(kernel, attacker_task, address, length, retries, seed, warm)
+    data, confidence, attempts, cycles = fr.meltdown_rounds(
+        *run.kernel_args, retries, measurements, np.int64(seed))
+    cycles += _translation_cycles(run.loads, run.timing)
+    sim_seconds = run.timing.cycles_to_seconds(cycles)
+    return LeakResult(
+        address=address, data=data.tobytes(), confidence=confidence, attempts=attempts,
+        cycles=float(cycles), seconds=sim_seconds,
+        bytes_per_second=length / sim_seconds if sim_seconds else 0.0,
+        host_seconds=time.perf_counter() - start,
+        truth=kernel_view(kernel, attacker_task, address, length),
+        cpu=_cpu_name(kernel), isolation=kernel.isolation.name, threshold=run.threshold,
+        loads=run.loads,
+    )
+
+
+@dataclass
+class _Run:
+    """What every Meltdown variant sets up: the model's costs, the MMU's verdict per byte,
+    and the receiver's calibrated threshold."""
+
+    timing: Timing
+    loads: TransientLoads
+    threshold: float
+    params: np.ndarray
+    cached: np.ndarray
+
+    @property
+    def kernel_args(self) -> tuple:
+        return (self.loads.forwarded.astype(np.uint8), self.loads.value, self.cached,
+                self.params)
+
+
+def _prepare(kernel, attacker_task, address: int, length: int, retries: int, seed: int,
+             warm: bool) -> _Run:
+    """Check the request, schedule the attacker (so its user CR3 is the active one), ask the
+    MMU about every byte, and calibrate the receiver."""
+    check_request(address, length, retries)
     if not attacker_task.alive:
         raise KaiserEduError(f"pid {attacker_task.pid} has exited: {attacker_task.exit_reason}")
-    start = time.perf_counter()
     if kernel.current is not attacker_task:
         outcome = kernel.switch_to(attacker_task)
         if not outcome.ok:
@@ -204,20 +244,97 @@ def leak(kernel, attacker_task, address: int, length: int, *, retries: int = 50,
     _hits, _misses, threshold = fr.calibrate(t, 1000, seed)
     params = fr.params_array(t, threshold, P_FORWARD_CACHED, P_FORWARD_UNCACHED,
                              fault_cost(kernel, t), warm_cost(kernel, t) if warm else 0.0)
-    cached = np.full(length, warm, np.uint8)
-    data, confidence, attempts, cycles = fr.meltdown_rounds(
-        loads.forwarded.astype(np.uint8), loads.value, cached, params, retries,
-        measurements, np.int64(seed))
-    cycles += _translation_cycles(loads, t)
-    host = time.perf_counter() - start
-    sim_seconds = t.cycles_to_seconds(cycles)
-    return LeakResult(
-        address=address, data=data.tobytes(), confidence=confidence, attempts=attempts,
-        cycles=float(cycles), seconds=sim_seconds, bytes_per_second=length / sim_seconds if sim_seconds else 0.0,
-        host_seconds=host, truth=kernel_view(kernel, attacker_task, address, length),
-        cpu=_cpu_name(kernel), isolation=kernel.isolation.name, threshold=threshold,
-        loads=loads,
-    )
+    return _Run(t, loads, threshold, params, np.full(length, warm, np.uint8))
+
+
+@dataclass
+class Observation:
+    """Raw Flush+Reload measurements, for a receiver and decoder written by a student:
+    ``times[i, a, v]`` is the timed reload of probe line ``v`` in attempt ``a`` for byte
+    ``i``. ``calibration`` holds timed reloads of a cached and of a flushed line."""
+
+    address: int
+    times: np.ndarray  # float32 (length, retries, 256)
+    hits: np.ndarray  # calibration: reloads of a cached line
+    misses: np.ndarray  # calibration: reloads of a flushed line
+    truth: bytes | None
+    loads: TransientLoads = field(repr=False)
+
+
+def observe(kernel, attacker_task, address: int, length: int, *, retries: int = 10,
+            seed: int = 0, warm: bool = True) -> Observation:
+    """Run ``retries`` Meltdown attempts per byte and keep every timed reload (no early
+    stop, no decoding): the input of lab 05's receiver. At most 4096 bytes x retries."""
+    if isinstance(length, int) and isinstance(retries, int) and length * retries > 1 << 16:
+        raise KaiserEduError(f"observe() keeps 256 times per attempt: length x retries must "
+                             f"be at most 65536, got {length} x {retries}")
+    run = _prepare(kernel, attacker_task, address, length, retries, seed, warm)
+    times = fr.observe_rounds(*run.kernel_args, retries, np.int64(seed))
+    hits, misses, _ = fr.calibrate(run.timing, 1000, seed + 1)
+    return Observation(address, times, hits, misses,
+                       kernel_view(kernel, attacker_task, address, length), run.loads)
+
+
+@dataclass
+class Story:
+    """One Meltdown attempt on one byte, step by step (lesson 05's transient-window stepper):
+    the walk the load makes, what it forwards, the probe line it touches, the fault, the
+    roll-back, and the 256 reload times that show the line that stayed cached."""
+
+    address: int
+    walk: WalkResult  # the user-mode load's walk under the active CR3
+    reason: str
+    value: int | None  # the forwarded value (None: nothing forwarded)
+    line: int | None  # the probe line the dependent access touched
+    fault: str
+    reload_times: np.ndarray  # 256 timed reloads after the fault
+    threshold: float
+    decoded: int | None  # the line that reloaded fast (None: none did)
+
+    def steps(self) -> list[tuple[str, str]]:
+        """(title, explanation) for each step, in program order."""
+        va = f"{self.address:#x}"
+        load = f"mov al, byte [{va}] at CPL 3: {self.walk.summary()}"
+        if self.value is None:
+            forward = f"nothing is forwarded ({self.reason})"
+            dep = "the dependent access never runs: no probe line is touched"
+        else:
+            forward = f"the value {self.value:#04x} reaches the next instructions ({self.reason})"
+            dep = (f"probe[{self.value:#04x} * 4096] is loaded: line {self.line} enters the cache"
+                   if self.line is not None else
+                   "the value lost the race (a 0 was read; the PoC retries a 0 rather than "
+                   "transmit it): no probe line is touched")
+        rollback = ("the load retires with its fault: the register and every transient result "
+                    "are discarded, architecturally nothing happened")
+        if self.decoded is None:
+            stays = "no probe line reloads fast: this attempt saw nothing"
+        else:
+            stays = (f"probe line {self.decoded} reloads in {self.reload_times[self.decoded]:.0f}"
+                     f" cycles (threshold {self.threshold:.0f}): the byte is {self.decoded:#04x}")
+        return [("the load", load), ("the forwarding", forward), ("the dependent access", dep),
+                ("the fault", self.fault), ("the roll-back", rollback),
+                ("the cache line that stays", stays)]
+
+
+def story(kernel, attacker_task, address: int, *, seed: int = 0, warm: bool = True) -> Story:
+    """One attempt at one byte, recorded for stepping through (see :class:`Story`)."""
+    obs = observe(kernel, attacker_task, address, 1, retries=1, seed=seed, warm=warm)
+    _h, _m, threshold = fr.calibrate(timing(kernel.cpu), 1000, seed)
+    loads = obs.loads
+    times = obs.times[0, 0].astype(np.float64)
+    fast = np.flatnonzero(times < threshold)
+    forwarded = bool(loads.forwarded[0])
+    value = int(loads.value[0]) if forwarded else None
+    line = int(fast[0]) if forwarded and len(fast) and fast[0] == value else None
+    fault = ("the #PF aborts the TSX transaction (xbegin ... xend): execution resumes at "
+             "the abort path, no signal is delivered" if kernel.cpu.rtm else
+             "the #PF is delivered as SIGSEGV; the handler longjmps back to the receiver")
+    if loads.reason[0] == ARCHITECTURAL:
+        fault = "no fault: the address is user-accessible, the load simply completes"
+    return Story(address, walk(kernel.mem, kernel.mmu.regs, address, "read", cpl=3,
+                               set_ad=False),
+                 REASONS[loads.reason[0]], value, line, fault, times, threshold,
+                 int(fast[0]) if len(fast) else None)
 
 
 def fault_cost(kernel, t: Timing) -> float:
