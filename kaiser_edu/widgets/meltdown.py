@@ -7,7 +7,8 @@ module adds what the lesson and lab 05 draw and step through:
 
 * :func:`transient_load`: one load's verdict with the readable walk that explains it (where
   the walk on the attacker's CR3 ended, and why the value was or was not forwarded);
-* :func:`transient_window`: the steps of one Meltdown attempt, for :class:`TransientStepper`;
+* :class:`TransientStepper`, which steps through :func:`~kaiser_edu.attacks.meltdown.story`
+  (one Meltdown attempt, recorded by the attack model);
 * per-line Flush+Reload rounds (:func:`reload_times`, :func:`lit_lines`) and a reference
   receiver (:func:`probe_hits`, :func:`decode`), because the attack's numba loop draws the 255
   untouched lines in aggregate and a figure or an exercise needs every line's time. The noise
@@ -232,67 +233,6 @@ def attack_summary(isolation: str, cpu: str, target: str, seed: int = 0) -> dict
             "truth": None if run.truth is None else show_bytes(run.truth)}
 
 
-# --- stepping through the transient window ----------------------------------------------------
-
-
-@dataclass(frozen=True)
-class WindowStep:
-    """One moment of the transient window: what happens, the architectural state, and the
-    probe line (if any) that is in the cache at that moment."""
-
-    title: str
-    what: str
-    rax: str  # the architectural value of rax, as a program could observe it
-    in_flight: str  # what the out-of-order core holds that the program cannot see
-    cached_line: int | None
-
-
-def transient_window(load: TransientLoad) -> list[WindowStep]:
-    """The steps of one Meltdown attempt (libkdump's ``meltdown_nonull`` macro:
-    ``movb (%rcx),%al; shl $12,%rax; jz 1b; movq (%rbx,%rax,1),%rbx``) for ``load``."""
-    va = load.va
-    value = load.value if load.forwarded else 0
-    line = value if load.forwarded and value else None
-    fault = (f"#PF error code {load.error_code:#x} "
-             f"({b.describe_error_code(load.error_code)})" if load.error_code is not None
-             else "no fault" if load.walk.ok else "#GP")
-    steps = [
-        WindowStep("1 · flush", "clflush all 256 probe lines: none is cached.", "0", "-", None),
-        WindowStep("2 · the load", f"movb ({va:#x}), %al issues. The MMU translates it on "
-                   f"CR3 {load.cr3:#x}: {load.reason}.", "0", f"load of {va:#x} in flight",
-                   None),
-    ]
-    if load.forwarded:
-        steps.append(WindowStep(
-            "3 · forwarding", f"The loaded byte {value:#04x} is forwarded to the waiting "
-            "instructions before the load retires.", "0",
-            f"al = {value:#04x} (not retired)", None))
-        steps.append(WindowStep(
-            "4 · dependent access", f"shl $12, %rax; movq (%rbx,%rax), %rbx: reads "
-            f"probe[{value:#04x} * 4096], which brings line {value:#04x} into the cache.",
-            "0", f"rbx = probe[{value * 4096:#x}] (not retired)", line))
-    else:
-        steps.append(WindowStep(
-            "3 · nothing forwarded", "The load has no value to forward: al reads 0, and the "
-            "jz loop retries until the fault is taken.", "0", "al = 0 (not retired)", None))
-        steps.append(WindowStep(
-            "4 · no dependent access", "The access probe[value * 4096] never runs with a "
-            "secret value.", "0", "-", None))
-    steps += [
-        WindowStep("5 · the fault", f"The load reaches retirement: {fault}. The CPU delivers "
-                   "it; the handler (SIGSEGV) runs.", "0", "pipeline flushed", line),
-        WindowStep("6 · roll-back", "Every register the transient instructions wrote is "
-                   "restored: rax and rbx hold what they held before. Architecturally "
-                   "nothing was read.", "0", "-", line),
-        WindowStep("7 · the line stays", "The cache is not rolled back. Flush+Reload times a "
-                   "reload of every probe line: " + (
-                       f"line {line:#04x} is fast, and names the byte." if line is not None
-                       else "none is fast: nothing was read."),
-                   "0", "-", line),
-    ]
-    return steps
-
-
 # --- figures ----------------------------------------------------------------------------------
 
 
@@ -367,12 +307,15 @@ class _MachineControls:
 
 
 class TransientStepper(_MachineControls, OutputView, widgets.VBox):
-    """Step through one Meltdown attempt on a chosen machine and target."""
+    """Step through one Meltdown attempt on a chosen machine and target
+    (:func:`kaiser_edu.attacks.meltdown.story`): the load, the forwarding, the dependent
+    access, the fault, the roll-back, and the cache line that stays."""
 
     def __init__(self, isolation: str = "off", cpu: str = "skylake", target: str = "secret"):
         self._controls(isolation, cpu, target, lambda: self.recompute())
-        self.step = widgets.IntSlider(value=0, min=0, max=6, description="step")
-        self._steps: list[WindowStep] = []
+        self.step = widgets.IntSlider(value=0, min=0, max=5, description="step")
+        self.story: attack.Story | None = None
+        self._steps: list[tuple[str, str]] = []
         self.step.observe(lambda _: self.render(), names="value")
         super().__init__([widgets.HBox([self.isolation, self.cpu]), self.target, self.step,
                           self.output])
@@ -382,29 +325,36 @@ class TransientStepper(_MachineControls, OutputView, widgets.VBox):
         try:
             m = machine(self.isolation.value, self.cpu.value)
             address, _ = m.target(self.target.value)
-            self._steps = transient_window(transient_load(m.kernel, m.attacker, address))
+            self.story = attack.story(m.kernel, m.attacker, address, seed=0)
         except KaiserEduError as e:
-            self._steps = []
+            self.story, self._steps = None, []
             show_error(self.output, e)
             return
+        self._steps = self.story.steps()
         self.step.max = len(self._steps) - 1
         self.render()
+
+    def cached_line(self) -> int | None:
+        """The probe line in the cache at the current step (from the dependent access on)."""
+        return self.story.line if self.story and self.step.value >= 2 else None
 
     def render(self) -> None:
         if not self._steps:
             return
-        s = self._steps[self.step.value]
-        cached = ("none" if s.cached_line is None
-                  else f"line {s.cached_line:#04x} of 256")
-        color = OK_COLOR if s.cached_line is None else FAULT_COLOR
-        html = (f"<h4>{esc(s.title)}</h4><p>{esc(s.what)}</p>"
-                f"<table><tr><td><b>rax (architectural)</b></td><td><code>{esc(s.rax)}"
-                f"</code></td></tr><tr><td><b>in flight (invisible)</b></td><td><code>"
-                f"{esc(s.in_flight)}</code></td></tr><tr><td><b>probe line in the cache"
-                f"</b></td><td style='color:{color}'>{esc(cached)}</td></tr></table>")
-        text = (f"{s.title}: {s.what}\n  rax={s.rax}; in flight: {s.in_flight}; "
-                f"cached probe line: {cached}")
-        show(self.output, html, text)
+        n = self.step.value
+        title, what = self._steps[n]
+        line = self.cached_line()
+        cached = "none" if line is None else f"line {line:#04x} of 256"
+        color = OK_COLOR if line is None else FAULT_COLOR
+        html = (f"<h4>{n + 1} · {esc(title)}</h4><p>{esc(what)}</p>"
+                f"<p><b>probe line in the cache:</b> <span style='color:{color}'>"
+                f"{esc(cached)}</span></p>")
+        text = f"{n + 1} · {title}: {what}\n  cached probe line: {cached}"
+        png = None
+        if n == len(self._steps) - 1:
+            png = figure_png(probe_figure(self.story.reload_times, self.story.threshold,
+                                          "the reloads after the fault"))
+        show(self.output, html, text, png)
 
     def __repr__(self) -> str:
         return (f"TransientStepper(isolation={self.isolation.value!r}, cpu={self.cpu.value!r}, "

@@ -53,9 +53,7 @@ from typing import Any
 
 import numpy as np
 
-from kaiser_edu.attacks.flush_reload import calibrate as calibration
-from kaiser_edu.attacks.meltdown import kernel_view
-from kaiser_edu.attacks.transient import transient_loads
+from kaiser_edu.attacks.meltdown import kernel_view, observe
 from kaiser_edu.course.checks import Case, Check, as_int, hex_or_repr
 from kaiser_edu.kernel.cpu import CPU_MODELS
 from kaiser_edu.kernel.timing import Timing, timing
@@ -426,24 +424,17 @@ MACHINE_RUNS = (("off", "skylake", "secret", 1), ("off", "haswell", "victim", 2)
 RETRIES = 12  # attempts per byte in exercise 4
 
 
-def machine_rounds(m, address: int, length: int, gen: np.random.Generator,
+def machine_rounds(m, address: int, length: int, seed: int,
                    retries: int = RETRIES) -> tuple[list[np.ndarray], np.ndarray, list[int]]:
-    """Rounds made by the simulated machine for ``length`` bytes at ``address``: the
-    attacker's transient loads are decided by the attack model on the MMU under its CR3
-    (:func:`kaiser_edu.attacks.transient.transient_loads`), each attempt forwards with the
-    attack model's chance (a lost race transmits nothing, as in libkdump's ``jz`` loop), and
-    every probe line's reload is timed. Returns (rounds per byte, the calibration's hit and
-    miss samples stacked, what each load forwarded: the byte, or 0 for nothing)."""
-    k = m.kernel
-    if k.current is not m.attacker:
-        k.switch_to(m.attacker)
-    t = timing(k.cpu)
-    loads = transient_loads(k, np.arange(address, address + length, dtype=np.uint64))
-    hits, misses, _ = calibration(t, 1000, int(gen.integers(2**31)))
-    forwarded = [int(v) if f else 0 for f, v in zip(loads.forwarded, loads.value)]
-    rounds = [reload_times(t, lit_lines(v if v else None, retries, gen), gen)
-              for v in forwarded]
-    return rounds, np.stack([hits, misses]), forwarded
+    """Rounds made by the simulated machine for ``length`` bytes at ``address``
+    (:func:`kaiser_edu.attacks.meltdown.observe`): the attacker's transient loads are decided
+    on the MMU under its CR3, each attempt forwards with the attack model's chance (a lost race
+    transmits nothing, as with libkdump's ``jz`` loop), and every probe line's reload is
+    timed. Returns (rounds per byte, the calibration's hit and miss samples stacked, what each
+    load forwarded: the byte, or 0 for nothing)."""
+    obs = observe(m.kernel, m.attacker, address, length, retries=retries, seed=seed)
+    forwarded = [int(v) if f else 0 for f, v in zip(obs.loads.forwarded, obs.loads.value)]
+    return list(obs.times), np.stack([obs.hits, obs.misses]), forwarded
 
 
 def machine_cases(rng: random.Random) -> list[Case]:
@@ -455,8 +446,8 @@ def machine_cases(rng: random.Random) -> list[Case]:
     for isolation, cpu, target, seed in MACHINE_RUNS:
         m = machine(isolation, cpu, seed=seed)
         address, size = m.target(target)
-        gen = np.random.default_rng(rng.randrange(2**32))
-        rounds, (hits, misses), forwarded = machine_rounds(m, address, size, gen)
+        rounds, (hits, misses), forwarded = machine_rounds(m, address, size,
+                                                           rng.randrange(2**31))
         threshold = round(engine_threshold(hits, misses))
         for i, (r, expected) in enumerate(zip(rounds, forwarded)):
             what = "forwarded" if expected else "nothing forwarded"
@@ -471,7 +462,7 @@ def leak_with(isolation: str, cpu: str, target: str, calibrator: Callable[..., A
     decoded, the truth as the kernel reads it through its own mapping)."""
     m = machine(isolation, cpu, seed=seed)
     address, size = m.target(target)
-    rounds, (hits, misses), _ = machine_rounds(m, address, size, np.random.default_rng(seed))
+    rounds, (hits, misses), _ = machine_rounds(m, address, size, seed)
     threshold = float(calibrator(hits, misses))
     data = bytes(int(decoder(r, threshold)) & 0xFF for r in rounds)
     return data, kernel_view(m.kernel, m.attacker, address, size)
