@@ -308,10 +308,11 @@ def _scan(prober: _Prober, slots: np.ndarray, offset: int, rounds: int, hit: flo
 
 
 def break_kaslr(kernel, attacker_task, *, method: str = "prefetch", seed: int = 0,
-                rounds: int = 16) -> KaslrResult:
+                rounds: int = 16, costs: Timing | None = None) -> KaslrResult:
     """Find the kernel text base (and, for prefetch and double-fault, the direct map base)
     from ``attacker_task``'s user mode, by ``method`` (one of :data:`METHODS`). Each of the
-    ``rounds`` rounds probes every candidate slot once, in one MMU batch."""
+    ``rounds`` rounds probes every candidate slot once, in one MMU batch. ``costs``: a
+    cycle-cost table instead of the CPU model's preset (e.g. with more noise)."""
     if method not in METHODS:
         raise KaiserEduError(f"method must be one of {', '.join(METHODS)}; got {method!r}")
     if not isinstance(rounds, int) or not 2 <= rounds <= MAX_ROUNDS:
@@ -323,7 +324,7 @@ def break_kaslr(kernel, attacker_task, *, method: str = "prefetch", seed: int = 
         outcome = kernel.switch_to(attacker_task)
         if not outcome.ok:
             raise KaiserEduError(f"could not run pid {attacker_task.pid}: {outcome.detail}")
-    t = timing(kernel.cpu)
+    t = timing(kernel.cpu) if costs is None else costs
     prober = _Prober(kernel, attacker_task, method, t, np.random.default_rng(seed))
     hit, miss = _references(prober, attacker_task, CALIBRATION_ROUNDS)
     threshold = (hit + miss) / 2
