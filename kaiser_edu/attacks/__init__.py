@@ -47,6 +47,10 @@ forwarding, the dependent access, the fault, the roll-back and the cache line th
 ``walk``, ``value``, ``line``, ``reload_times``, ``threshold``, ``decoded``.
 :func:`kaiser_edu.attacks.flush_reload.calibrate` ``(timing, n, seed) -> (hits, misses,
 threshold)``: timed reloads of a cached and a flushed line, and the PoC's threshold.
+:class:`kaiser_edu.attacks.kaslr.Prober` ``(kernel, task, method, costs, rng)``: the timed
+probes of one method, ``depth(vas)`` and ``run(vas, rounds, depth) -> times``, with
+``probes``/``cycles`` counters (lab 09's timing oracle); ``text_candidates()``,
+``direct_map_candidates()``, ``ENTRY_SYSCALL_OFFSET``, ``EMPTY_USER_SLOT``.
 ``KaslrResult.text.first``: each candidate's first probe (cold TLB), e.g. to show that
 EntryBleed's syscall, not the probing, put the entry text in the TLB.
 :func:`kaiser_edu.attacks.transient.transient_loads` ``(kernel, vas) -> TransientLoads``:
