@@ -12,7 +12,7 @@ from functools import cache
 
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kaiser_edu.attacks import meltdown as m
@@ -120,3 +120,20 @@ def test_a_mapping_added_to_the_shadow_leaks_under_kaiser():
     k.isolation.kaiser_add_mapping(m.secret_address(k), b.PAGE_SIZE, b.PAGE_KERNEL, "oops")
     after = m.leak(k, attacker, m.secret_address(k), 16, seed=1)
     assert after.data == b"The KAISER secre"
+
+
+@settings(max_examples=16)
+@given(isolation=st.sampled_from(ISOLATIONS), cpu=st.sampled_from(("skylake", "core2", "zen2")),
+       method=st.sampled_from(("prefetch", "double-fault", "entrybleed")),
+       flare=st.booleans(), boot=st.integers(0, 10**6), seed=st.integers(0, 10**6))
+def test_a_kaslr_break_is_right_or_says_nothing(isolation, cpu, method, flare, boot, seed):
+    """Whatever the machine, a break's answer is the truth or None, never a wrong slot."""
+    from kaiser_edu.attacks.flare import apply_flare
+    from kaiser_edu.attacks.kaslr import break_kaslr
+
+    k = Kernel(isolation=isolation, cpu=cpu, seed=boot)
+    if flare:
+        apply_flare(k)
+    r = break_kaslr(k, k.spawn("attacker"), method=method, seed=seed)
+    assert r.text_base in (None, k.layout.kernel_text)
+    assert r.direct_map_base in (None, k.layout.page_offset)

@@ -8,8 +8,10 @@ KAISER/PTI it is (almost) not, and that, not a flag, is why the results differ.
 Public API (stable: lessons 05 and 09 and labs 05 and 09 build on it)
 ----------------------------------------------------------------------
 :func:`kaiser_edu.attacks.meltdown.leak` ``(kernel, attacker_task, address, length, *,
-retries=50, seed=0, warm=True, measurements=3) -> LeakResult``
-    Meltdown from ``attacker_task``'s user mode. :class:`~kaiser_edu.attacks.meltdown.LeakResult`
+retries=50, seed=0, warm=True, measurements=3, costs=None) -> LeakResult``
+    Meltdown from ``attacker_task``'s user mode, read loop as in IAIK/meltdown's libkdump
+    (``measurements`` reads per byte, each up to ``retries`` attempts); ``costs`` replaces
+    the CPU model's cycle-cost table (:class:`kaiser_edu.kernel.timing.Timing`). :class:`~kaiser_edu.attacks.meltdown.LeakResult`
     has ``data`` (bytes of ``length``), ``confidence`` (per byte, 0 = nothing observed),
     ``attempts`` (per byte), ``cycles`` / ``seconds`` (simulated, at the CPU model's clock),
     ``bytes_per_second`` (simulated), ``host_seconds``, ``truth`` (what the kernel reads
@@ -22,7 +24,7 @@ retries=50, seed=0, warm=True, measurements=3) -> LeakResult``
     makes a victim holding a message).
 
 :func:`kaiser_edu.attacks.kaslr.break_kaslr` ``(kernel, attacker_task, *, method="prefetch"
-| "double-fault" | "entrybleed", seed=0, rounds=16) -> KaslrResult``
+| "double-fault" | "entrybleed", seed=0, rounds=16, costs=None) -> KaslrResult``
     :class:`~kaiser_edu.attacks.kaslr.KaslrResult` has ``text_base`` and ``direct_map_base``
     (None when not found; EntryBleed looks only for the text), ``candidates`` and ``times``
     (median probe cycles per candidate text slot, for the figures), ``text`` and
@@ -34,7 +36,7 @@ retries=50, seed=0, warm=True, measurements=3) -> LeakResult``
 Building blocks for the lessons and labs
 ----------------------------------------
 :func:`kaiser_edu.attacks.meltdown.observe` ``(kernel, attacker_task, address, length, *,
-retries=10, seed=0, warm=True) -> Observation``: every timed reload, ``times[byte, attempt,
+retries=10, seed=0, warm=True, costs=None) -> Observation``: every timed reload, ``times[byte, attempt,
 line]`` (float32), plus calibration samples ``hits``/``misses`` and ``truth``: the input of
 a student's own receiver and decoder (lab 05).
 :func:`kaiser_edu.attacks.flush_reload.decode` ``(times, threshold) -> (data, confidence)``:
@@ -45,6 +47,10 @@ forwarding, the dependent access, the fault, the roll-back and the cache line th
 ``walk``, ``value``, ``line``, ``reload_times``, ``threshold``, ``decoded``.
 :func:`kaiser_edu.attacks.flush_reload.calibrate` ``(timing, n, seed) -> (hits, misses,
 threshold)``: timed reloads of a cached and a flushed line, and the PoC's threshold.
+:class:`kaiser_edu.attacks.kaslr.Prober` ``(kernel, task, method, costs, rng)``: the timed
+probes of one method, ``depth(vas)`` and ``run(vas, rounds, depth) -> times``, with
+``probes``/``cycles`` counters (lab 09's timing oracle); ``text_candidates()``,
+``direct_map_candidates()``, ``ENTRY_SYSCALL_OFFSET``, ``EMPTY_USER_SLOT``.
 ``KaslrResult.text.first``: each candidate's first probe (cold TLB), e.g. to show that
 EntryBleed's syscall, not the probing, put the entry text in the TLB.
 :func:`kaiser_edu.attacks.transient.transient_loads` ``(kernel, vas) -> TransientLoads``:

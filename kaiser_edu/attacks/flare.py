@@ -7,7 +7,8 @@ FLARE maps the rest of the kernel-image window too, to one shared dummy region, 
 tables user mode runs on: every candidate slot then translates, and the lowest mapped slot
 is the window's first. What FLARE cannot hide is *TLB state*: the dummies are never used by
 the kernel, while the real entry text is, on every syscall. That is the gap EntryBleed uses
-(Liu et al. discuss FLARE as not stopping it).
+(that the EntryBleed paper discusses FLARE in these terms is unverified here; the model
+shows the mechanism).
 
 The model: for every 2 MiB slot of the kernel-image window (``__START_KERNEL_map`` + 1 GiB)
 whose PMD is not present in the user-visible tables, a 2 MiB leaf to the dummy region

@@ -19,11 +19,14 @@ The threshold between a hit and a miss is calibrated as the PoC does it
 (libkdump.c ``detect_flush_reload_threshold``): ``(miss + 2 * hit) / 3`` from the averages
 of timed reloads of a flushed and of a cached line.
 
-Meltdown's receiver (:func:`meltdown_rounds`) runs whole bytes inside numba: for each byte,
-up to ``retries`` attempts of flush all 256 probe lines, one transient load, the fault (a
-signal, or an RTM abort), and 256 timed reloads. The 255 lines that the transient access did
-not touch are drawn in aggregate (how many crossed the threshold, and the sum of their times),
-which has the same distribution as drawing each one and is what makes 4 KiB cost milliseconds.
+Meltdown's receiver (:func:`meltdown_rounds`) runs whole bytes inside numba, as the PoC's
+libkdump_read() does: ``measurements`` reads per byte, each up to ``retries`` attempts of one
+transient load, the fault (a signal, or an RTM abort), and a Flush+Reload scan of the probe
+lines in order that stops at the first hit. The runs of lines that the transient access did
+not touch are drawn in aggregate (where the first false hit falls, and the sum of their
+times), which has the same distribution as drawing each reload and is what makes 4 KiB cost
+milliseconds. (Not modelled: a line left cached by a scan that stopped early at a false
+hit; with these noise figures a false hit essentially never happens.)
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ from kaiser_edu.kernel.timing import Timing
 PROBE_LINES = 256  # one probe page per byte value
 PROBE_STRIDE = 4096  # a page per value: no prefetcher crosses it
 LINE_SIZE = 64
-MEASUREMENTS = 3  # agreeing observations needed for a byte (libkdump.c: measurements = 3)
+MEASUREMENTS = 3  # reads per byte, the most frequent wins (libkdump.c: measurements = 3)
 
 # Index of each parameter in the float64 array the kernel takes.
 (P_HIT, P_MISS, P_SIGMA, P_TAIL_PROB, P_TAIL, P_THRESHOLD, P_FWD_CACHED, P_FWD_UNCACHED,
@@ -138,16 +141,36 @@ def calibrate(t: Timing, n: int = 1000, seed: int = 0) -> tuple[np.ndarray, np.n
 
 
 @numba.njit(cache=True)
-def meltdown_rounds(forwarded, value, cached, params, retries, need, seed):
-    """The attack loop for every byte: returns (data, confidence, attempts, cycles).
+def _scan_misses(count, cost, sigma, tail_prob, tail, p_false):
+    """Flush+Reload of ``count`` lines in a row that were not touched, in aggregate: how
+    many were scanned before the first false hit (if any), whether there was one, and
+    their cycles. The same distribution as drawing each reload."""
+    if count <= 0:
+        return 0, False, 0.0
+    scanned, found = count, False
+    if p_false > 0.0:
+        # where the first false hit falls (geometric), by inversion: log1p keeps a tiny
+        # p_false from rounding to "never" or dividing by zero
+        x = math.log(1.0 - np.random.random()) / math.log1p(-p_false) if p_false < 1.0 else 1.0
+        if x <= count:
+            scanned, found = max(1, int(math.ceil(x))), True
+    cycles = scanned * cost + np.random.normal() * sigma * math.sqrt(scanned)
+    cycles += np.random.binomial(scanned, tail_prob) * tail
+    return scanned, found, cycles
 
-    ``forwarded[i]`` says whether byte i's transient load gets its value (decided by the MMU
-    before this runs); ``value[i]`` is that value; ``cached[i]`` whether its line is in the
-    cache. An attempt forwards the value with probability P_FWD_CACHED (or P_FWD_UNCACHED);
-    otherwise the load yields 0 (Meltdown's zero bias: the fault won the race). The PoC's
-    loop (``jz retry``) never transmits a 0, so a 0 touches no probe line. A byte is decided
-    when one value has been seen ``need`` times, or after ``retries`` attempts; a byte with
-    no observation decodes as 0 with confidence 0 ("nothing seen": a real 0 looks the same).
+
+@numba.njit(cache=True)
+def meltdown_rounds(forwarded, value, cached, params, retries, measurements, seed):
+    """The PoC's read loop for every byte: returns (data, confidence, attempts, cycles).
+
+    As libkdump_read() does it (IAIK/meltdown libkdump.c): ``measurements`` reads, each of
+    up to ``retries`` attempts; an attempt is one transient load (``forwarded[i]`` and
+    ``value[i]`` were decided by the MMU before this runs; ``cached[i]`` says whether the
+    target line is in the cache), the fault, then Flush+Reload of lines 0, 1, 2, ... that
+    stops at the first hit on a line >= 1 (each reload is followed by a clflush of that
+    line). A read that never hits gives 0. The byte is the most frequent non-zero result
+    (``accept_after`` = 1), 0 with confidence 0 if every read gave 0: a real 0 (never
+    transmitted: the PoC's ``jz`` retries it, Meltdown's zero bias) looks the same.
     """
     np.random.seed(seed)
     n = forwarded.shape[0]
@@ -157,6 +180,7 @@ def meltdown_rounds(forwarded, value, cached, params, retries, need, seed):
     tail_prob = params[P_TAIL_PROB]
     tail = params[P_TAIL]
     thr = params[P_THRESHOLD]
+    flush = params[P_CLFLUSH]
     # A miss reads below the threshold only if its normal noise is that far below the mean
     # (a tail only adds time): the chance of one false hit per untouched line.
     p_false = 0.5 * math.erfc((miss_t - thr) / (sigma * math.sqrt(2.0))) if sigma > 0 else (
@@ -165,48 +189,47 @@ def meltdown_rounds(forwarded, value, cached, params, retries, need, seed):
     confidence = np.zeros(n, np.float64)
     attempts = np.zeros(n, np.int64)
     cycles = 0.0
-    counts = np.zeros(256, np.int64)
-    per_attempt = 256.0 * params[P_CLFLUSH] + params[P_FAULT] + params[P_LOAD] + params[P_WARM]
+    stat = np.zeros(256, np.int64)
+    per_attempt = params[P_FAULT] + params[P_LOAD] + params[P_WARM]
     for i in range(n):
-        counts[:] = 0
+        stat[:] = 0
         p_fwd = params[P_FWD_CACHED] if cached[i] else params[P_FWD_UNCACHED]
-        done = 0
-        for _a in range(retries):
-            done += 1
-            cycles += per_attempt
-            line = transmitted_line(forwarded[i], value[i], p_fwd)
-            # The touched line's timed reload.
-            untouched = 256
-            if line >= 0:
-                untouched = 255
+        for _m in range(measurements):
+            r = 0
+            for _a in range(retries):
+                attempts[i] += 1
+                cycles += per_attempt
+                line = transmitted_line(forwarded[i], value[i], p_fwd)
+                # line 0 first: a hit there is ignored (0 is never transmitted)
+                cycles += timed_reload(miss_t, sigma, tail_prob, tail) + flush
+                before = line - 1 if line >= 1 else 255
+                k, found, c = _scan_misses(before, miss_t + flush, sigma, tail_prob, tail,
+                                           p_false)
+                cycles += c
+                if found:
+                    r = k
+                    break
+                if line < 1:
+                    continue
                 t = timed_reload(hit_t, sigma, tail_prob, tail)
-                cycles += t
+                cycles += t + flush
                 if t < thr:
-                    counts[line] += 1
-            # The untouched lines, in aggregate.
-            cycles += untouched * miss_t + np.random.normal() * sigma * math.sqrt(untouched)
-            cycles += np.random.binomial(untouched, tail_prob) * tail
-            if p_false > 0.0:
-                for _f in range(np.random.binomial(untouched, p_false)):
-                    j = np.random.randint(0, 256)
-                    if j != line:
-                        counts[j] += 1
-            best = 1
-            for j in range(2, 256):
-                if counts[j] > counts[best]:
-                    best = j
-            if counts[best] >= need:
-                break
-        attempts[i] = done
-        total = 0
+                    r = line
+                    break
+                k, found, c = _scan_misses(255 - line, miss_t + flush, sigma, tail_prob, tail,
+                                           p_false)
+                cycles += c
+                if found:
+                    r = line + k
+                    break
+            stat[r] += 1
         best = 1
-        for j in range(1, 256):
-            total += counts[j]
-            if counts[j] > counts[best]:
+        for j in range(2, 256):
+            if stat[j] > stat[best]:
                 best = j
-        if counts[best] > 0:
+        if stat[best] > 0:
             data[i] = best
-            confidence[i] = counts[best] / total
+            confidence[i] = stat[best] / measurements
     return data, confidence, attempts, cycles
 
 

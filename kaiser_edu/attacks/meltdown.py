@@ -58,10 +58,11 @@ MAX_RETRIES = 100_000
 class LeakResult:
     """What one :func:`leak` recovered and what it cost.
 
-    ``data`` has one byte per address; ``confidence[i]`` is the share of byte i's
-    observations that agreed with ``data[i]`` (0 where nothing was observed: the byte then
-    reads 0, which a real 0 cannot be told apart from). ``cycles`` is simulated time at the
-    CPU model's clock, ``host_seconds`` the time this computer took. ``truth`` is what the
+    ``data`` has one byte per address; ``confidence[i]`` is the share of byte i's reads
+    (``measurements``) that returned ``data[i]`` (0 where nothing was observed: the byte then
+    reads 0, which a real 0 cannot be told apart from). ``attempts[i]`` counts its transient
+    loads. ``cycles`` is simulated time at the
+    CPU model's clock, ``host_seconds`` the wall-clock time this computer took. ``truth`` is what the
     kernel reads through its own mapping (None where the kernel has no mapping for part of
     the range)."""
 
@@ -182,20 +183,24 @@ def check_request(address: int, length: int, retries: int) -> None:
 
 
 def leak(kernel, attacker_task, address: int, length: int, *, retries: int = 50,
-         seed: int = 0, warm: bool = True, measurements: int = fr.MEASUREMENTS) -> LeakResult:
+         seed: int = 0, warm: bool = True, measurements: int = fr.MEASUREMENTS,
+         costs: Timing | None = None) -> LeakResult:
     """Read ``length`` bytes at ``address`` from ``attacker_task``'s user mode with Meltdown.
 
     The attacker is scheduled (if it is not the running task), so the MMU walks its user
     page tables: the kernel PGD without isolation, the shadow PGD under KAISER/PTI.
-    ``retries`` bounds the attempts per byte (each a flush, a transient load, a fault and
-    256 reloads); a byte is decided after ``measurements`` agreeing observations.
+    A byte is ``measurements`` reads, the most frequent non-zero result winning; a read is
+    up to ``retries`` attempts (a transient load, the fault, and a Flush+Reload scan of the
+    probe lines that stops at the first hit), as in IAIK/meltdown's libkdump_read().
     ``warm``: the target is kept in the cache (the paper's syscall that touches the kernel
     secret, or a victim that keeps using its data); its cost, one syscall per attempt, is
-    counted. Without it each attempt rarely wins the race (P_FORWARD_UNCACHED)."""
+    counted. Without it each attempt rarely wins the race (P_FORWARD_UNCACHED).
+    ``costs``: a cycle-cost table to use instead of the CPU model's preset (e.g. one with
+    more noise, made with :func:`dataclasses.replace`)."""
     if not isinstance(measurements, int) or measurements < 1:
         raise KaiserEduError(f"measurements must be a positive integer, got {measurements!r}")
     start = time.perf_counter()
-    run = _prepare(kernel, attacker_task, address, length, retries, seed, warm)
+    run = _prepare(kernel, attacker_task, address, length, retries, seed, warm, costs)
     data, confidence, attempts, cycles = fr.meltdown_rounds(
         *run.kernel_args, retries, measurements, np.int64(seed))
     cycles += _translation_cycles(run.loads, run.timing)
@@ -229,7 +234,7 @@ class _Run:
 
 
 def _prepare(kernel, attacker_task, address: int, length: int, retries: int, seed: int,
-             warm: bool) -> _Run:
+             warm: bool, costs: Timing | None) -> _Run:
     """Check the request, schedule the attacker (so its user CR3 is the active one), ask the
     MMU about every byte, and calibrate the receiver."""
     check_request(address, length, retries)
@@ -239,7 +244,7 @@ def _prepare(kernel, attacker_task, address: int, length: int, retries: int, see
         outcome = kernel.switch_to(attacker_task)
         if not outcome.ok:
             raise KaiserEduError(f"could not run pid {attacker_task.pid}: {outcome.detail}")
-    t = timing(kernel.cpu)
+    t = timing(kernel.cpu) if costs is None else costs
     loads = transient_loads(kernel, np.arange(address, address + length, dtype=np.uint64))
     _hits, _misses, threshold = fr.calibrate(t, 1000, seed)
     params = fr.params_array(t, threshold, P_FORWARD_CACHED, P_FORWARD_UNCACHED,
@@ -262,13 +267,13 @@ class Observation:
 
 
 def observe(kernel, attacker_task, address: int, length: int, *, retries: int = 10,
-            seed: int = 0, warm: bool = True) -> Observation:
+            seed: int = 0, warm: bool = True, costs: Timing | None = None) -> Observation:
     """Run ``retries`` Meltdown attempts per byte and keep every timed reload (no early
     stop, no decoding): the input of lab 05's receiver. At most 4096 bytes x retries."""
     if isinstance(length, int) and isinstance(retries, int) and length * retries > 1 << 16:
         raise KaiserEduError(f"observe() keeps 256 times per attempt: length x retries must "
                              f"be at most 65536, got {length} x {retries}")
-    run = _prepare(kernel, attacker_task, address, length, retries, seed, warm)
+    run = _prepare(kernel, attacker_task, address, length, retries, seed, warm, costs)
     times = fr.observe_rounds(*run.kernel_args, retries, np.int64(seed))
     hits, misses, _ = fr.calibrate(run.timing, 1000, seed + 1)
     return Observation(address, times, hits, misses,

@@ -16,9 +16,12 @@ CR3 that is active at that moment:
   nothing is forwarded, on any CPU.
 
 The physical address of a protection fault is not an architectural result (the MMU reports
-none for a faulting access), so it is recomputed by :func:`kaiser_edu.hw.walk.walk`, the
-readable walk the numba MMU is tested against, from the same registers: the leaf entry that
-refused the access names the frame. Nothing here knows where any secret is.
+none for a faulting access), so it is recovered the way the hardware found it: where the
+MMU says the access hit the TLB, from that TLB entry (read before the batch runs, since the
+fault then drops it: a stale entry forwards the *old* frame's data); where it walked, by
+:func:`kaiser_edu.hw.walk.walk`, the readable walk the numba MMU is tested against, from
+the same registers: the leaf entry that refused the access names the frame. Nothing here
+knows where any secret is.
 
 What stops forwarding besides the translation is timing: the value must arrive before the
 fault retires, which in practice means it must be in the L1 data cache (the paper keeps the
@@ -74,6 +77,7 @@ def transient_loads(kernel, vas: np.ndarray) -> TransientLoads:
     """Run one user-mode (CPL 3) byte load per address through ``kernel``'s MMU, under the
     current CR3, and decide what each forwards on ``kernel.cpu``. One batch for all bytes."""
     vas = np.ascontiguousarray(vas, dtype=np.uint64)
+    tlb = kernel.mmu.tlb_entries()  # before the faults drop the entries they hit
     res = kernel.mmu.run(Trace.accesses(vas, "read", cpl=3))
     n = len(vas)
     reason = np.full(n, NOT_PRESENT, np.uint8)
@@ -89,16 +93,29 @@ def transient_loads(kernel, vas: np.ndarray) -> TransientLoads:
     reason[prot] = FORWARDED if kernel.cpu.meltdown else NOT_AFFECTED
     if prot.any():
         regs = kernel.mmu.regs
+        pcid = regs.cr3 & 0xFFF if regs.pcide else 0
         frames: dict[int, int] = {}
         for i in np.flatnonzero(prot):
             va = int(vas[i])
             page = va & ~(b.PAGE_SIZE - 1)
-            if page not in frames:
-                frames[page] = _faulting_frame(kernel.mem, regs, page)
-            pa[i] = frames[page] | (va & (b.PAGE_SIZE - 1))
+            if res.where[i]:  # a TLB hit: the cached translation, even if the tables changed
+                frame = _tlb_frame(tlb, page, pcid)
+            else:
+                if page not in frames:
+                    frames[page] = _faulting_frame(kernel.mem, regs, page)
+                frame = frames[page]
+            pa[i] = frame | (va & (b.PAGE_SIZE - 1))
     forwarded = (reason == FORWARDED) | (reason == ARCHITECTURAL)
     value = read_bytes(kernel.mem, pa, forwarded)
     return TransientLoads(vas, forwarded, value, pa, reason, res.where.copy())
+
+
+def _tlb_frame(entries: list[dict], page: int, pcid: int) -> int:
+    """The frame a usable TLB entry (global, or of the current PCID) gives ``page``."""
+    for e in entries:
+        if e["va"] <= page < e["va"] + e["page_size"] and (e["global"] or e["pcid"] == pcid):
+            return e["pa"] + (page - e["va"])
+    raise AssertionError(f"the MMU reported a TLB hit for {page:#x} but no entry matches")
 
 
 def _faulting_frame(mem, regs, page: int) -> int:
