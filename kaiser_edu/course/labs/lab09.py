@@ -72,7 +72,7 @@ class TimingOracle:
         self.method = method
         self.own_address = int(task.user_rip)
         self.unmapped_address = attack.EMPTY_USER_SLOT
-        self._prober = attack._Prober(kernel, task, method, timing(kernel.cpu),
+        self._prober = attack.Prober(kernel, task, method, timing(kernel.cpu),
                                       np.random.default_rng(seed))
         self._depth: dict[int, int] = {}
         self.label = ""
