@@ -88,3 +88,12 @@ def test_bad_input():
         M.machine("none")
     with pytest.raises(KaiserEduError, match="unknown target"):
         M.machine("off").target("stack")
+
+
+def test_run_again_takes_the_next_seed():
+    w = M.MeltdownLab()
+    first = w.result["address"]
+    w.run_button.click()
+    assert w.seed == 1 and "(seed 1)" in w.text
+    assert w.result["address"] != first  # another boot: KASLR moved the secret
+    assert "100%" in w.text

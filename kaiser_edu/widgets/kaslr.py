@@ -38,9 +38,8 @@ from kaiser_edu.widgets._view import (
     show,
     show_error,
 )
+from kaiser_edu.widgets.meltdown import ISOLATION_MODES
 
-ISOLATION_MODES = {"off": "no isolation", "kaiser": "KAISER (2017 Graz patch)",
-                   "pti": "Linux PTI"}
 METHOD_NAMES = {"prefetch": "prefetch (Gruss et al. 2016)",
                 "double-fault": "double page fault (Hund et al. 2013)",
                 "entrybleed": "EntryBleed (Liu et al. 2023)"}

@@ -366,16 +366,24 @@ class MeltdownLab(_MachineControls, OutputView, widgets.VBox):
 
     def __init__(self, isolation: str = "off", cpu: str = "skylake", target: str = "secret"):
         self._controls(isolation, cpu, target, lambda: self.run())
-        self.run_button = widgets.Button(description="Run the attack", button_style="primary")
+        self.run_button = widgets.Button(description="Run again (new seed)",
+                                         button_style="primary")
+        self.seed = 0
         self.result: dict | None = None
-        self.run_button.on_click(lambda _: self.run())
+        self.run_button.on_click(lambda _: self.run_again())
         super().__init__([widgets.HBox([self.isolation, self.cpu]),
                           widgets.HBox([self.target, self.run_button]), self.output])
         self.run()
 
+    def run_again(self) -> dict | None:
+        """The same machine and target with the next seed: other noise, another KASLR."""
+        self.seed += 1
+        return self.run()
+
     def run(self) -> dict | None:
         try:
-            r = attack_summary(self.isolation.value, self.cpu.value, self.target.value)
+            r = attack_summary(self.isolation.value, self.cpu.value, self.target.value,
+                               seed=self.seed)
         except KaiserEduError as e:
             self.result = None
             show_error(self.output, e)
@@ -385,7 +393,7 @@ class MeltdownLab(_MachineControls, OutputView, widgets.VBox):
         first: TransientLoad = r["first"]
         acc = "n/a" if run.accuracy is None else f"{run.accuracy:.0%}"
         lines = [
-            f"target {TARGETS[r['target']]} at {r['address']:#x}",
+            f"target {TARGETS[r['target']]} at {r['address']:#x} (seed {self.seed})",
             f"first byte's load: {first.reason}",
             f"recovered: {r['recovered']!r}",
             f"truth:     {r['truth']!r}",
