@@ -209,10 +209,11 @@ def _hint(case: Case, got: Any) -> str:
     if expected.base is None:
         return ("Nothing is there to find: no slot's probe address has a translation in the "
                 "attacker's page tables (under KAISER the image is absent from the shadow "
-                "tables), so every slot walks to a not-present entry alike, and the slot you "
-                "returned was only fastest by noise. Calibrate a threshold on your own address "
-                "space (oracle.own_address, oracle.unmapped_address), confirm each suspect "
-                "with more probes, and return None when none stays below it.")
+                "tables), so no slot can be a TLB hit, and the slot you returned was only "
+                "fastest by noise. Calibrate a threshold on your own address space "
+                "(oracle.own_address, oracle.unmapped_address), confirm each suspect with more "
+                "probes, and return None when none stays below it. (Lesson 09 shows slower "
+                "outliers under KAISER; this exercise's break looks for mapped slots only.)")
     if value is None:
         return (f"The base was findable here ({expected.why}), but you returned None. Is "
                 "your threshold between a TLB hit and a walk? Skip the first round (it "
