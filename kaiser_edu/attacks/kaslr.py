@@ -27,6 +27,9 @@ with seeded noise; nothing here looks at ``kernel.layout`` except to report the 
     so the retention Hund et al. measured is modelled explicitly: after the first fault,
     the same rights-free translation a prefetch makes fills the TLB *iff the walk finds a
     valid translation*. The second fault is then a TLB hit (fast) or a fresh walk (slow).
+    Where the CPU model has RTM the fault aborts a transaction instead of being delivered
+    (the TSX variant of this probe: Jang, Lee, Kim, "Breaking Kernel Address Space Layout
+    Randomization with Intel TSX", CCS 2016), which only changes the constant cost.
 ``entrybleed``  Liu, Ravichandran, Yan, "EntryBleed: A Universal KASLR Bypass against KPTI
     on Linux", HASP 2023 (CVE-2022-4543): under PTI the entry text stays mapped (and global)
     in the user page tables. Each round makes a syscall, which runs entry_SYSCALL_64 on the
