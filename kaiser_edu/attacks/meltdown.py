@@ -269,7 +269,8 @@ class Observation:
 def observe(kernel, attacker_task, address: int, length: int, *, retries: int = 10,
             seed: int = 0, warm: bool = True, costs: Timing | None = None) -> Observation:
     """Run ``retries`` Meltdown attempts per byte and keep every timed reload (no early
-    stop, no decoding): the input of lab 05's receiver. At most 4096 bytes x retries."""
+    stop, no decoding): the input of lab 05's receiver. length x retries is at most 65536
+    (64 MiB of float32 times)."""
     if isinstance(length, int) and isinstance(retries, int) and length * retries > 1 << 16:
         raise KaiserEduError(f"observe() keeps 256 times per attempt: length x retries must "
                              f"be at most 65536, got {length} x {retries}")
