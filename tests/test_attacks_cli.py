@@ -76,3 +76,11 @@ def test_through_the_installed_entry_point():
                            "--bytes", "9"], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     assert "The KAISE" in done.stdout
+
+
+def test_kaslr_with_flare(capsys):
+    assert main(["attack", "kaslr", "--flare", "--json"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["flare"] and d["text_base"] is None and d["direct_map_correct"]
+    assert main(["attack", "kaslr", "--flare", "--method", "entrybleed"]) == 0
+    assert "FLARE" in (out := capsys.readouterr().out) and "(correct)" in out

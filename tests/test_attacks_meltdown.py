@@ -230,3 +230,18 @@ def test_a_stale_tlb_entry_forwards_the_old_frame():
     loads = tr.transient_loads(k, np.array([secret, secret + 1], np.uint64))
     assert list(loads.tlb) == [1, 0]  # an L1 TLB hit, then (entry dropped) a walk
     assert bytes(loads.value) == b"TE"  # old frame's 'T', new frame's 'E'
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("isolation", ["off", "kaiser", "pti"])
+def test_the_idt_in_the_cpu_entry_area_reveals_the_text_base(isolation, seed):
+    """Under PTI no secret leaks, but the IDT is mapped in the user tables: its #PF gate
+    names asm_exc_page_fault, whose offset in the image gives _text."""
+    from kaiser_edu.kernel.idt import handlers
+
+    k, attacker = _boot(isolation, "skylake", seed)
+    assert handlers(k)[14] == k.image.symbol("asm_exc_page_fault")
+    base, r = m.idt_text_base(k, attacker, seed=seed)
+    assert base == k.layout.kernel_text, (r.why, r.data.hex())
+    k2, attacker2 = _boot(isolation, "zen2", seed)
+    assert m.idt_text_base(k2, attacker2, seed=seed)[0] is None  # not affected: nothing

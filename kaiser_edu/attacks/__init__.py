@@ -39,6 +39,9 @@ Building blocks for the lessons and labs
 retries=10, seed=0, warm=True, costs=None) -> Observation``: every timed reload, ``times[byte, attempt,
 line]`` (float32), plus calibration samples ``hits``/``misses`` and ``truth``: the input of
 a student's own receiver and decoder (lab 05).
+:func:`kaiser_edu.attacks.meltdown.idt_text_base` ``(kernel, attacker_task, *, seed=0,
+vector=14) -> (text_base | None, LeakResult)``: what stays readable under PTI (the IDT in
+the cpu_entry_area, :mod:`kaiser_edu.kernel.idt`) gives away ``_text``, not a secret.
 :func:`kaiser_edu.attacks.flush_reload.decode` ``(times, threshold) -> (data, confidence)``:
 the reference decoder (line 0 ignored: the zero bias).
 :func:`kaiser_edu.attacks.meltdown.story` ``(kernel, attacker_task, address, *, seed=0) ->

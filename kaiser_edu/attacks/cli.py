@@ -49,6 +49,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="prefetch (Gruss et al. 2016), double-fault (Hund et al. 2013), or "
                         "entrybleed (Liu et al. 2023); default prefetch")
     k.add_argument("--rounds", default="16", metavar="R", help="probes per candidate slot")
+    k.add_argument("--flare", action="store_true",
+                   help="boot with FLARE: dummy mappings in every free kernel-image slot")
     for p in (m, k):
         p.add_argument("--isolation", default="off", metavar="|".join(ISOLATIONS),
                        help="kernel page-table isolation mode (default off)")
@@ -70,7 +72,7 @@ def _int(text: str, what: str, low: int, high: int) -> int:
     return value
 
 
-def _boot(args: argparse.Namespace):
+def _boot(args: argparse.Namespace, flare: bool = False):
     from kaiser_edu.attacks.meltdown import spawn_victim
     from kaiser_edu.kernel.cpu import CPU_MODELS
     from kaiser_edu.kernel.machine import Kernel
@@ -82,6 +84,10 @@ def _boot(args: argparse.Namespace):
         raise KaiserEduError(f"--cpu must be one of {', '.join(CPU_MODELS)}, got {args.cpu!r}")
     seed = _int(args.seed, "--seed", 0, 2**63 - 1)
     kernel = Kernel(isolation=args.isolation, cpu=args.cpu, seed=seed)
+    if flare:
+        from kaiser_edu.attacks.flare import apply_flare
+
+        apply_flare(kernel)  # at boot, before any process exists
     attacker = kernel.spawn("attacker")
     spawn_victim(kernel)
     return kernel, attacker, seed
@@ -128,8 +134,10 @@ def _kaslr(args: argparse.Namespace) -> dict:
         raise KaiserEduError(f"--method must be one of {', '.join(METHODS)}, "
                              f"got {args.method!r}")
     rounds = _int(args.rounds, "--rounds", 2, 1024)
-    kernel, attacker, seed = _boot(args)
-    return break_kaslr(kernel, attacker, method=args.method, seed=seed, rounds=rounds).as_dict()
+    kernel, attacker, seed = _boot(args, flare=args.flare)
+    d = break_kaslr(kernel, attacker, method=args.method, seed=seed, rounds=rounds).as_dict()
+    d["flare"] = args.flare
+    return d
 
 
 def _show_kaslr(d: dict) -> str:
@@ -138,7 +146,8 @@ def _show_kaslr(d: dict) -> str:
             return f"not found (truth {truth})"
         return f"{guess} ({'correct' if correct else f'WRONG, truth {truth}'})"
     lines = [
-        f"KASLR break by {d['method']} on {d['cpu']}, isolation {d['isolation']}",
+        f"KASLR break by {d['method']} on {d['cpu']}, isolation {d['isolation']}"
+        + (", FLARE" if d["flare"] else ""),
         f"kernel text (_text):  {verdict(d['text_base'], d['true_text_base'], d['text_correct'])}",
     ]
     if d["true_direct_map_base"] is not None:

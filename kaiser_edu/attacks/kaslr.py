@@ -27,6 +27,9 @@ with seeded noise; nothing here looks at ``kernel.layout`` except to report the 
     so the retention Hund et al. measured is modelled explicitly: after the first fault,
     the same rights-free translation a prefetch makes fills the TLB *iff the walk finds a
     valid translation*. The second fault is then a TLB hit (fast) or a fresh walk (slow).
+    Where the CPU model has RTM the fault aborts a transaction instead of being delivered
+    (the TSX variant of this probe: Jang, Lee, Kim, "Breaking Kernel Address Space Layout
+    Randomization with Intel TSX", CCS 2016), which only changes the constant cost.
 ``entrybleed``  Liu, Ravichandran, Yan, "EntryBleed: A Universal KASLR Bypass against KPTI
     on Linux", HASP 2023 (CVE-2022-4543): under PTI the entry text stays mapped (and global)
     in the user page tables. Each round makes a syscall, which runs entry_SYSCALL_64 on the
@@ -43,11 +46,13 @@ the method probes; the threshold is their midpoint, raised to halfway between th
 the median candidate when most candidates walk deeper than one level (so an L2 TLB hit still
 counts as a hit where unmapped slots walk three levels). A candidate is mapped if the median of
 its probes (after the first, priming round) is below it, confirmed by a second pass of
-``VERIFY_ROUNDS`` probes. The guess is the lowest confirmed slot (the image and the direct
+``VERIFY_ROUNDS`` probes of all suspects together. The guess is the lowest confirmed slot (the image and the direct
 map each start at their lowest mapped slot), and None when nothing is confirmed, or when
 more slots look mapped than the region can hold (more than ``MAX_IMAGE_SLOTS`` for the
 text, the 64 MiB KASLR reserves for the image; more than half the candidates for the direct
-map): every slot looks mapped, as under FLARE. An honest "not found", not a wrong guess.
+map), counting both the slots below the threshold and those whose probes got faster once
+probed (their translation was cached: mapped, even if now only an L2 TLB hit): every slot
+looks mapped, as under FLARE. An honest "not found", not a wrong guess.
 
 What the model gives (tests/test_attacks_kaslr.py checks it over several seeds):
 
@@ -85,11 +90,11 @@ from kaiser_edu.kernel.mm import PROT_READ, vm_page_prot
 from kaiser_edu.kernel.timing import Timing, timing
 
 METHODS = ("prefetch", "double-fault", "entrybleed")
-VERIFY_ROUNDS = 64
+VERIFY_ROUNDS = 256
 MAX_IMAGE_SLOTS = (64 << 20) // b.PMD_SIZE  # the room kernel/layout.py leaves for the image
 EVICTION_PAGES = 2048  # more 4 KiB pages than both TLB levels hold (64 + 1536 entries)
 EVICTION_BASE = 0x6000_0000_0000  # where the attacker maps them (an empty PGD slot)
-CALIBRATION_ROUNDS = 64
+CALIBRATION_ROUNDS = 256
 EMPTY_USER_SLOT = 0x5000_0000_0000  # PGD index 160: nothing maps there in the simulation
 MAX_ROUNDS = 1024
 # entry_SYSCALL_64 - _text: where EntryBleed probes in each candidate slot.
@@ -299,18 +304,21 @@ def _readonly_page(kernel, task) -> int:
 
 
 def _scan(prober: Prober, slots: np.ndarray, offset: int, rounds: int, hit: float,
-          threshold: float, truth: int, max_mapped: int) -> Scan:
+          walk1: float, truth: int, max_mapped: int) -> Scan:
     vas = slots + np.uint64(offset)
     depth = prober.depth(vas)
     times = prober.run(vas, rounds, depth)
     med = np.median(times[1:], axis=0)
-    threshold = max(threshold, (hit + float(np.median(med))) / 2)
+    threshold = max((hit + walk1) / 2, (hit + float(np.median(med))) / 2)
     mapped = med < threshold
-    if mapped.sum() <= max_mapped:  # else too much looks mapped: nothing to confirm
-        for i in np.flatnonzero(mapped):  # confirm: a long second look at each suspect
-            again = prober.run(vas[i:i + 1], VERIFY_ROUNDS, depth[i:i + 1])
-            mapped[i] = np.median(again[1:]) < threshold
-    ambiguous = mapped.sum() > max_mapped
+    # Candidates whose probes got faster once probed (by two walk levels or more): their
+    # translation was cached, so they are mapped whatever TLB level they now hit.
+    filled = times[0] - med > 2 * (walk1 - hit)
+    ambiguous = mapped.sum() > max_mapped or filled.sum() > max_mapped
+    suspects = np.flatnonzero(mapped)
+    if len(suspects) and not ambiguous:  # confirm: a long second look, all suspects at once
+        again = prober.run(vas[suspects], VERIFY_ROUNDS, depth[suspects])
+        mapped[suspects] = np.median(again[1:], axis=0) < threshold
     guess = int(slots[np.flatnonzero(mapped)[0]]) if mapped.any() and not ambiguous else None
     return Scan(slots, med, times[0], mapped, guess, truth, threshold)
 
@@ -335,14 +343,13 @@ def break_kaslr(kernel, attacker_task, *, method: str = "prefetch", seed: int = 
     t = timing(kernel.cpu) if costs is None else costs
     prober = Prober(kernel, attacker_task, method, t, np.random.default_rng(seed))
     hit, miss = _references(prober, attacker_task, CALIBRATION_ROUNDS)
-    threshold = (hit + miss) / 2
     offset = ENTRY_SYSCALL_OFFSET if method == "entrybleed" else 0
-    text = _scan(prober, text_candidates(), offset, rounds, hit, threshold,
+    text = _scan(prober, text_candidates(), offset, rounds, hit, miss,
                  kernel.layout.kernel_text, MAX_IMAGE_SLOTS)
     dmap = None
     if method != "entrybleed":
         slots = direct_map_candidates()
-        dmap = _scan(prober, slots, 0, rounds, hit, threshold, kernel.layout.page_offset,
+        dmap = _scan(prober, slots, 0, rounds, hit, miss, kernel.layout.page_offset,
                      len(slots) // 2)
     from kaiser_edu.attacks.meltdown import _cpu_name
 

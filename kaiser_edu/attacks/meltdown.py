@@ -269,7 +269,8 @@ class Observation:
 def observe(kernel, attacker_task, address: int, length: int, *, retries: int = 10,
             seed: int = 0, warm: bool = True, costs: Timing | None = None) -> Observation:
     """Run ``retries`` Meltdown attempts per byte and keep every timed reload (no early
-    stop, no decoding): the input of lab 05's receiver. At most 4096 bytes x retries."""
+    stop, no decoding): the input of lab 05's receiver. length x retries is at most 65536
+    (64 MiB of float32 times)."""
     if isinstance(length, int) and isinstance(retries, int) and length * retries > 1 << 16:
         raise KaiserEduError(f"observe() keeps 256 times per attempt: length x retries must "
                              f"be at most 65536, got {length} x {retries}")
@@ -365,6 +366,26 @@ def _cpu_name(kernel) -> str:
     from kaiser_edu.kernel.cpu import CPU_MODELS
 
     return next((n for n, m in CPU_MODELS.items() if m == kernel.cpu), kernel.cpu.name)
+
+
+def idt_text_base(kernel, attacker_task, *, seed: int = 0,
+                  vector: int = 14) -> tuple[int | None, LeakResult]:
+    """What the cpu_entry_area reveals: Meltdown reads the ``vector`` gate (default #PF) of
+    the IDT, which every user page table maps (kernel/idt.py), and the handler address it
+    names, minus the handler's known offset in the image, is ``_text``. Returns (the text
+    base or None if nothing was read, the leak)."""
+    from kaiser_edu.kernel.idt import GATE_SIZE, GATES, gate_handler
+    from kaiser_edu.kernel.image import ENTRY_SYMBOLS, ENTRY_TEXT_OFFSET
+
+    if vector not in GATES:
+        raise KaiserEduError(f"vector must be one of {sorted(GATES)}, got {vector!r}")
+    address = kernel.cea("IDT (read-only)") + vector * GATE_SIZE
+    r = leak(kernel, attacker_task, address, GATE_SIZE, seed=seed)
+    if not r.recovered.any():
+        return None, r
+    low, high = (int.from_bytes(r.data[i:i + 8], "little") for i in (0, 8))
+    offset = ENTRY_TEXT_OFFSET + ENTRY_SYMBOLS[GATES[vector][0]]
+    return gate_handler(low, high) - offset, r
 
 
 VICTIM_SECRET = b"Victim's password: correct horse battery staple"
