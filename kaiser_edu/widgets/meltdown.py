@@ -38,6 +38,7 @@ from kaiser_edu.errors import KaiserEduError
 from kaiser_edu.hw import bits as b
 from kaiser_edu.hw.walk import WalkResult, walk
 from kaiser_edu.kernel.cpu import CPU_MODELS
+from kaiser_edu.kernel.idt import GATE_SIZE
 from kaiser_edu.kernel.image import SECRET_TEXT
 from kaiser_edu.kernel.machine import Kernel, Task
 from kaiser_edu.kernel.timing import Timing, timing
@@ -174,7 +175,7 @@ def transient_load(kernel: Kernel, task: Task, va: int) -> TransientLoad:
 TARGETS = {
     "secret": "the kernel image's secret (.data)",
     "victim": "another process's memory, through the direct map",
-    "cea": "the cpu_entry_area (GDT page)",
+    "cea": "the cpu_entry_area (the IDT's #PF gate)",
     "entry": "the entry text (entry_SYSCALL_64)",
 }
 
@@ -197,7 +198,7 @@ class Machine:
             return (attack.direct_map_address(k, self.victim, self.victim_va),
                     len(attack.VICTIM_SECRET))
         if name == "cea":
-            return k.cea("GDT"), 16
+            return k.cea("IDT (read-only)") + 14 * GATE_SIZE, GATE_SIZE  # vector 14: #PF
         if name == "entry":
             return k.image.symbol("entry_SYSCALL_64"), 16
         raise KaiserEduError(f"unknown target {name!r}; known: {', '.join(TARGETS)}")
