@@ -29,6 +29,7 @@ SUBCOMMANDS = {
     "build-exercises": ("kaiser_edu.course.build_cli", "write exercises/ from solutions/"),
     "perf": ("kaiser_edu.perf.cli", "what isolation costs: syscalls, switches, traces, sweeps"),
     "grade": ("kaiser_edu.course.grade_cli", "grade a class's lab notebooks: gradebook CSV, feedback"),
+    "attack": ("kaiser_edu.attacks.cli", "run Meltdown or a KASLR break on the simulated machine"),
 }
 
 

@@ -66,6 +66,7 @@ GOOD = {
     "syscall_off_per_s": 12e6, "syscall_pti_pcid_per_s": 11e6, "syscall_pti_nopcid_per_s": 2e6,
     "perf_sweep_s": 2.0, "perf_syscall_ns": 100.0, "syscall_pti_pcid_ns": 90.0,
 }
+GOOD.update({"attack_leak_4k_s": 0.5, "attack_leak_4k_accuracy": 1.0, "attack_kaslr_s": 0.4})
 
 
 def test_targets_pass_and_miss():

@@ -40,6 +40,7 @@ from kaiser_edu.kernel import layout as L
 from kaiser_edu.kernel.cpu import CpuModel, cpu_model, pti_decision
 from kaiser_edu.kernel.entry import KERNEL_WORK, EntryCode, Outcome
 from kaiser_edu.kernel.events import Event, EventLog
+from kaiser_edu.kernel.idt import write_idt
 from kaiser_edu.kernel.image import SECRET_TEXT, KernelImage
 from kaiser_edu.kernel.isolation import Isolation, make_isolation
 from kaiser_edu.kernel.ldt import free_ldt_pgtables, ldt_base, ldt_dup_context, write_ldt
@@ -152,6 +153,7 @@ class Kernel:
         self.tlbstate.ctxs[0].ctx_id = self.init_mm.ctx_id
         self.loaded_mm = self.init_mm
         self.entry = EntryCode(self)
+        write_idt(self)  # the gates the cpu_entry_area's IDT page shows (kernel/idt.py)
 
     # --- boot -------------------------------------------------------------------------------
     def _kernel_flags(self, flags: int) -> int:

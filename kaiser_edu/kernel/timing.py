@@ -59,6 +59,9 @@ class Timing:
     noise_sigma: float  # standard deviation of the normal core
     tail_prob: float  # probability of an interrupt inside one timed window
     tail_cycles: float  # what such an interrupt adds
+    # -- side-channel lab (kaiser_edu.attacks) --
+    prefetch: float = 10.0  # a software prefetch's own cost, besides its translation
+    tsx_abort: float = 200.0  # an RTM transaction aborted by a fault (no signal delivered)
 
     def cycles_to_seconds(self, cycles: float) -> float:
         """Seconds that ``cycles`` take at this model's clock."""
@@ -102,6 +105,10 @@ SOURCES: dict[str, str] = {
     "noise_sigma": ASSUMED,
     "tail_prob": ASSUMED,
     "tail_cycles": ASSUMED,
+    "prefetch": ASSUMED + " (Gruss et al., CCS 2016: a prefetch's time is dominated by its "
+                "translation, which is what the side channel measures)",
+    "tsx_abort": ASSUMED + " (Meltdown, Lipp et al. 2018, suppress the fault with TSX to "
+                 "avoid the signal; the abort costs far less than a delivered fault)",
 }
 
 # The Skylake numbers are the base; other generations differ where it matters to a lesson.

@@ -11,12 +11,16 @@ calling ``.click()``.
 - :mod:`~kaiser_edu.widgets.tlb_lab` (lesson 03): TLB size, working set, CR3 switches, PCID
 - :mod:`~kaiser_edu.widgets.privilege` (lesson 04): CPL, U/S, SMEP, SMAP and RFLAGS.AC on the
   simulated kernel
+- :mod:`~kaiser_edu.widgets.meltdown` (lesson 05): one Meltdown attempt step by step, and the
+  attack run for an isolation mode, CPU model and target (over :mod:`kaiser_edu.attacks`)
 - :mod:`~kaiser_edu.widgets.shadow_pgd` (lesson 06): the kernel and user PGD side by side,
   what user mode can reach
 - :mod:`~kaiser_edu.widgets.transition_stepper` (lesson 07): a kernel entry and exit, one MMU
   operation at a time
 - :mod:`~kaiser_edu.widgets.cost` (lesson 08): what PTI costs for a syscall rate, a working
   set, PCID and huge pages, on the simulated kernel
+- :mod:`~kaiser_edu.widgets.kaslr` (lesson 09): a KASLR break and the time of every candidate
+  slot
 - :mod:`~kaiser_edu.widgets.figures`: the lessons' matplotlib figures
 - :mod:`~kaiser_edu.widgets.linux_map`: the Linux x86-64 virtual memory map (mm.rst)
 - :mod:`~kaiser_edu.widgets.practice`: practice problems (lesson 02)
@@ -60,6 +64,11 @@ _EXPORTS = {
     "walk_both": "shadow_pgd",
     "quiz": "quiz",
     "TransitionStepper": "transition_stepper",
+    "MeltdownLab": "meltdown",
+    "TransientStepper": "meltdown",
+    "transient_load": "meltdown",
+    "KaslrLab": "kaslr",
+    "run_break": "kaslr",
     "transition_steps": "transition_stepper",
     "Quiz": "quiz",
     "CostExplorer": "cost",
