@@ -329,7 +329,8 @@ class AnswerProcess:
         names.update({f.__name__: self._make_remote(f) for f in kit.functions})
         records = {r.__name__: [f.name for f in dataclasses.fields(r)] for r in kit.records}
         return self.request({"op": "setup", "names": names, "records": records,
-                             "cells": cells}, "your answer cells")
+                             "modules": dict(kit.modules), "cells": cells},
+                            "your answer cells")
 
     def lookup(self, name: str) -> Any:
         reply = self.request({"op": "lookup", "name": name}, f"looking up {name}")

@@ -348,6 +348,7 @@ class AnswerKit:
     functions: tuple[Callable[..., Any], ...] = ()
     records: tuple[type, ...] = ()
     objects: Mapping[type, tuple[str, ...]] = field(default_factory=dict)
+    modules: Mapping[str, str] = field(default_factory=dict)
 
 
 # --- the check ---------------------------------------------------------------------------

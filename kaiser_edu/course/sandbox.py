@@ -19,7 +19,9 @@ What the sandbox does, in order:
 4. serves requests: ``call`` a function or method, ``get`` an attribute, ``lookup`` a name.
 
 The protocol: one JSON object per line each way. Values are encoded by :func:`encode`:
-JSON scalars as themselves; a tuple, list or dict tagged (``{"tuple": [...]}``); an
+JSON scalars as themselves (numpy scalars as their Python value); a tuple, list or dict
+tagged (``{"tuple": [...]}``); a numpy array of numbers as ``{"ndarray": {dtype, shape,
+data}}`` (timing samples: lab 05), decoded with numpy on the other side; an
 instance of one of the lab's record types as ``{"record": name, "fields": {...}}``; any
 other object as a *reference* (``{"ref": n, "kind": "function"|"class"|"object", ...}``)
 that the other side can call or read through more requests. While the student's code
@@ -35,6 +37,7 @@ from __future__ import annotations
 
 import builtins
 import dataclasses
+import importlib
 import importlib.abc
 import io
 import json
@@ -60,6 +63,14 @@ def encode(value: Any, make_ref: Any, records: dict[str, type] | None = None) ->
         return value
     if isinstance(value, int):  # an int subclass (IntEnum, numpy's are not): its value
         return int(value)
+    if isinstance(value, float):  # a float subclass (numpy.float64): its value
+        return float(value)
+    if type(value).__module__ == "numpy" and getattr(value, "dtype", None) is not None \
+            and value.dtype.kind in "biuf":  # numbers only, never object arrays
+        if value.ndim == 0:  # a numpy scalar: its Python value
+            return value.item()
+        return {"ndarray": {"dtype": value.dtype.str, "shape": list(value.shape),
+                            "data": value.ravel().tolist()}}
     if type(value) is tuple:
         return {"tuple": [encode(v, make_ref, records) for v in value]}
     if type(value) is list:
@@ -87,6 +98,11 @@ def decode(data: Any, resolve: Any, records: dict[str, type] | None = None) -> A
     if "dict" in data:
         return {decode(k, resolve, records): decode(v, resolve, records)
                 for k, v in data["dict"]}
+    if "ndarray" in data:  # numbers in an array (timing samples): numpy on both sides
+        import numpy as np
+
+        a = data["ndarray"]
+        return np.array(a["data"], dtype=np.dtype(a["dtype"])).reshape(a["shape"])
     if "record" in data:
         fields = {k: decode(v, resolve, records) for k, v in data["fields"].items()}
         cls = (records or {}).get(data["record"])
@@ -242,6 +258,13 @@ class Sandbox:
             self.namespace[name] = self.records[name]
         self.namespace.update({k: self.decode(v) for k, v in message.get("names", {}).items()})
         errors = []
+        for name, module in message.get("modules", {}).items():  # {"np": "numpy"}
+            try:  # through the guard: a kit cannot smuggle in kaiser_edu either
+                self.namespace[name] = importlib.import_module(module)
+            except BaseException as e:  # noqa: BLE001 - reported like a cell's error
+                data = _exception_data(e)
+                errors.append([f"setup: import {module} as {name}", data["type"],
+                               data["message"], None])
         for label, source in message.get("cells", []):
             filename = f"{CELL_PREFIX}{label}>"
             try:

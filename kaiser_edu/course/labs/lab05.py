@@ -54,7 +54,7 @@ from typing import Any
 import numpy as np
 
 from kaiser_edu.attacks.meltdown import kernel_view, observe
-from kaiser_edu.course.checks import Case, Check, as_int, hex_or_repr
+from kaiser_edu.course.checks import AnswerKit, Case, Check, as_int, hex_or_repr
 from kaiser_edu.kernel.cpu import CPU_MODELS
 from kaiser_edu.kernel.timing import Timing, timing
 from kaiser_edu.widgets.meltdown import (
@@ -492,3 +492,6 @@ check_machine = Check(
 )
 
 CHECKS = (check_threshold, check_receiver, check_decoder, check_machine)
+
+# Graded runs: the answers get numpy (the setup cell's np) and timing arrays, nothing else.
+ANSWER_KIT = AnswerKit(modules={"np": "numpy"})

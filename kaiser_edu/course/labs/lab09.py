@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from kaiser_edu.attacks import kaslr as attack
-from kaiser_edu.course.checks import Case, Check, as_int, hex_or_repr
+from kaiser_edu.course.checks import AnswerKit, Case, Check, as_int, hex_or_repr
 from kaiser_edu.errors import KaiserEduError
 from kaiser_edu.hw.walk import walk
 from kaiser_edu.kernel.machine import Kernel, Task
@@ -254,3 +254,10 @@ check_kaslr_break = KaslrCheck(
 )
 
 CHECKS = (check_kaslr_break,)
+
+# Graded runs: the answer gets numpy and the oracle's probe and its two reference addresses;
+# the machine behind the oracle stays in the grader.
+ANSWER_KIT = AnswerKit(
+    modules={"np": "numpy"},
+    objects={TimingOracle: ("probe", "probes", "own_address", "unmapped_address")},
+)
