@@ -326,7 +326,9 @@ def run_trace(ops, addrs, args, pool, ht, ht_bits, direct, regs, tlb, geom, tsta
     # Memo: 4 KiB page -> the L1 way that translated it last (see the docstring).
     # One row per slot: the key (4 KiB page << 12 | PCID), the L1 way, the generation, and
     # the tag the way held (a way still holding it holds the same entry).
-    memo = np.zeros((MEMO_SLOTS, 4), dtype=np.uint64)
+    # Columns 4 and 5: the stamp of the entry and the access (op | CPL, AC << 8) of the last
+    # verdict given through this memo slot, which was "allowed" (8 in the docstring).
+    memo = np.zeros((MEMO_SLOTS, 8), dtype=np.uint64)
     memo[:, 0] = ~U0
     gen = U1  # bumped by every global fill: memo entries of older generations are void
     prev_vpn = ~U0  # the page of the previous op, if it was an L1 hit (else ~0)
@@ -357,18 +359,22 @@ def run_trace(ops, addrs, args, pool, ht, ht_bits, direct, regs, tlb, geom, tsta
                     data = U0
                     user_access = (arg & 3) == 3
                     ac = (arg & 4) != 0
-                    key_ng = (vpn4 << u64(16)) | (pcid << u64(4))
-                    key_g = (vpn4 << u64(16)) | u64(8)
+                    key_ng = U0
+                    key_g = U0
+                    tag = U0
+                    stamp = now
                     hit = ~U0
                     where = 0
                     victim1 = U0
                     victim2 = U0
+                    key = U0  # set by a memo hit (3)
+                    slot = U0
+                    verdict = U0
+                    known_ok = False
                     if vpn4 == prev_vpn:  # (the page of a translated address: canonical)
                         hit = prev_row
                         where = 1
-                    elif not _canonical(va, vabits, top_ones):
-                        break
-                    elif not fast_state:  # 3: the memo, or else the general code
+                    elif not fast_state:  # 3: the memo (a page it knows is canonical)
                         key = (vpn4 << U12) | pcid
                         slot = _memo_slot(vpn4, pcid)
                         if memo[slot, 0] != key or memo[slot, 2] != gen:
@@ -379,7 +385,13 @@ def run_trace(ops, addrs, args, pool, ht, ht_bits, direct, regs, tlb, geom, tsta
                             break
                         hit = r
                         where = 1
+                        verdict = u64(op) | (u64(arg) << u64(8))
+                        known_ok = memo[slot, 4] == tlb[1, r] and memo[slot, 5] == verdict
+                    elif not _canonical(va, vabits, top_ones):
+                        break
                     else:  # 4: probe, L1 then L2; nothing was ever flushed: stamp != 0
+                        key_ng = (vpn4 << u64(16)) | (pcid << u64(4))
+                        key_g = (vpn4 << u64(16)) | u64(8)
                         for lvl in range(2):
                             row = ((vpn4 & l1_sets_mask) * l1_ways if lvl == 0
                                    else l2_base + (vpn4 & l2_sets_mask) * l2_ways)
@@ -405,18 +417,26 @@ def run_trace(ops, addrs, args, pool, ht, ht_bits, direct, regs, tlb, geom, tsta
                     size_code = 0
                     if hit != ~U0:
                         data = tlb[2, hit]
-                        denied, pk = _rights_fault(op, user_access, ac, (data & U1) != U0,
-                                                   (data & U2) != U0, (data & u64(4)) != U0,
-                                                   (data >> u64(4)) & u64(0xF), cr0, cr4, pkru)
-                        if denied or (op == OP_WRITE and (data & u64(8)) == U0):
-                            break  # a #PF or a dirty assist: the general code's
-                        tag = tlb[0, hit]
-                        stamp = tlb[1, hit]
-                        size_code = np.int64(tag & U3)
-                        size_mask = (U1 << u64(12 + 9 * size_code)) - U1
-                        if vpn4 != prev_vpn:
+                        if not known_ok:
+                            denied, pk = _rights_fault(op, user_access, ac, (data & U1) != U0,
+                                                       (data & U2) != U0, (data & u64(4)) != U0,
+                                                       (data >> u64(4)) & u64(0xF), cr0, cr4, pkru)
+                            if denied or (op == OP_WRITE and (data & u64(8)) == U0):
+                                break  # a #PF or a dirty assist: the general code's
+                            if where == 1 and key != U0:  # 8: a memo hit's verdict, kept
+                                memo[slot, 4] = tlb[1, hit]
+                                memo[slot, 5] = verdict
+                        if vpn4 == prev_vpn:  # the entry of the op before: its size
+                            size_code = prev_size
+                            size_mask = prev_mask
+                        else:  # (tag: the entry's, from the memo or the probe)
+                            size_code = np.int64(tag & U3)
+                            size_mask = (U1 << u64(12 + 9 * size_code)) - U1
                             tlb[3, hit] = now
-                        n_fill = 0 if where == 1 else 1
+                        n_fill = 0
+                        if where == 2:  # copied into L1, with the L2 entry's stamp
+                            stamp = tlb[1, hit]
+                            n_fill = 1
                     else:
                         # the walk, read-only: anything but present 4 KiB mappings with
                         # no reserved bit, A (and D for a write) already set and the
@@ -605,6 +625,7 @@ def run_trace(ops, addrs, args, pool, ht, ht_bits, direct, regs, tlb, geom, tsta
                                         memo[slot, 1] = hit
                                         memo[slot, 2] = gen
                                         memo[slot, 3] = tlb[0, hit]
+                                        memo[slot, 4] = U0  # no verdict yet (8)
                         n_fill = 0  # TLB levels to fill, from L1: none, L1 (after an L2 hit), or both
                         tag = U0
                         stamp = clock
@@ -872,13 +893,16 @@ def run_trace(ops, addrs, args, pool, ht, ht_bits, direct, regs, tlb, geom, tsta
                             cr4 = va
                             pcide = (cr4 & CR4_PCIDE) != U0
                             pcid = cr3 & PCID_MASK if pcide else U0
+                            gen += U1  # rights may differ now: memoised verdicts are void (8)
                     elif op == OP_WRPKRU:
                         pkru = va & u64(0xFFFFFFFF)
+                        gen += U1  # (8)
                     elif op == OP_MOV_CR0:
                         if (va & CR0_PG) == U0 or (va & CR0_PE) == U0:
                             outcome = OUT_GP  # leaving paging is not simulated
                         else:
                             cr0 = va
+                            gen += U1  # (8)
                     else:
                         outcome = OUT_GP  # unknown op: refused by mmu.py before we get here
                     thr_g = last_all
