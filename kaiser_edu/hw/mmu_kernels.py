@@ -10,6 +10,12 @@ written for speed. Conventions, all of them forced by numba's typing (recipes.md
   helpers that take arrays when they contain loops with early exits, which tripled the cost
   of a TLB miss. Helpers that take arrays serve only cold paths (faults, INVLPG, INVPCID);
   the two TLB levels share one loop instead of two copies of the code;
+* the common access runs through a short specialised path in front of the general code
+  (run_trace's docstring, 7): measured against the minimal exact kernel of
+  :mod:`kaiser_edu.perf.limit` (``kaiser-edu bench``), every instruction on the path of a
+  TLB miss counts, because fewer of them let the CPU overlap one access's cache miss on the
+  leaf entry with the next access's work. The general code stays the definition; the short
+  path gives up, before changing anything, whenever it is not sure;
 * array subscripts in the hot loop are unsigned: numba adds a negative-index fix-up to every
   signed subscript it cannot prove non-negative (about 10% of the instructions of a TLB miss);
 * nothing here allocates: state lives in arrays owned by :class:`kaiser_edu.hw.mmu.MMU`.
@@ -265,7 +271,29 @@ def run_trace(ops, addrs, args, pool, ht, ht_bits, direct, regs, tlb, geom, tsta
     6. *Direct frame lookup*. A table read finds its frame's pool slot in ``direct`` (one
        load; 0 means the frame was never written, which reads as zeros) for pfns it
        covers, and in the hash table for the others. Both say the same (PhysMem writes
-       both); the walk reads the same qwords either way.
+       both); the walk reads the same qwords either way. Per walk level the last table's
+       pfn and slot are remembered for the call (frames never move and a call writes no
+       new frame), so the upper levels, the same table walk after walk, skip even that.
+    7. *The common access, specialised*. Every access first tries a short path that
+       handles only the common cases: the same page as the op before (1), a memo hit (3)
+       while the TLB may hold stale or large entries, or else, while neither is so
+       (``fast_state``: nothing ever flushed or invalidated, only 4 KiB entries cached, 4
+       paging levels), the probe of 4 and a read-only 4-level walk. The walk accepts only
+       present entries with no reserved bit, no PS bit above the leaf, A already set (D too
+       for a write) and an allowed access: then it writes no memory, and its reads, rights
+       and A/D outcome are those of the general walk. In the probe, the loop over a level's
+       ways also keeps that level's least recently used way (5): if the level misses, no
+       way of it was touched since, so that is the victim its fill takes. Anything else -
+       a fault, a dirty assist, a large page, a table beyond the direct array,
+       a non-canonical address - makes it give up *before changing any state*, and the
+       general code does the op from the start, exactly as if the short path did not exist.
+    8. *A memo slot's last verdict*. A memo hit that was allowed records, in its slot, the
+       stamp of the TLB entry and the access (op, CPL, AC); the next memo hit with the same
+       stamp and access is allowed without the rights check. A stamp names one fill (the
+       clock of the walk that made the entry; an L1 copy of an L2 entry keeps its stamp),
+       so the same stamp means the same rights bits; and the control registers the check
+       reads (CR0.WP, CR4.SMEP/SMAP/PKE, PKRU) can change only by ops that void the whole
+       memo (they bump its generation), as a global fill does.
     """
     n = ops.shape[0]
     cr0 = regs[R_CR0]
