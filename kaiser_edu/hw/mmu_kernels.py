@@ -204,6 +204,22 @@ def _canonical(va, vabits, top_ones):
 
 
 @njit(inline="always")
+def _tlb_data(base, pkey, user_page, writable, nx, leaf):
+    """A TLB entry's data word (see the module doc): the page frame and the rights the
+    walk combined over the levels, the leaf's D bit and protection key."""
+    data = base | (pkey << u64(4))
+    if user_page:
+        data |= u64(1)
+    if writable:
+        data |= u64(2)
+    if nx:
+        data |= u64(4)
+    if (leaf & DIRTY) != U0:
+        data |= u64(8)
+    return data
+
+
+@njit(inline="always")
 def _memo_slot(vpn4, pcid):
     """The page -> way memo's slot for a 4 KiB page under a PCID: folded, so pages 1 MiB or
     1 GiB apart (entry text, handlers) and one page's kernel and user PCIDs (PTI: | 0x800)
@@ -239,11 +255,11 @@ def run_trace(ops, addrs, args, pool, ht, ht_bits, direct, regs, tlb, geom, tsta
        the same kind of access (op, CPL, AC), the previous op's verdict and frame are reused
        without a rights check (a successful write left D set, so no dirty assist can be
        due).
-    2. *Same-page runs*. After such a hit, the following ops that are the same access to
-       the same page (op, CPL, AC, page) are consumed by a tight inner loop doing what 1.
-       does for each: the clock advances by one per op, the counters by one L1 hit and one
-       access per op, and only the physical address (frame | offset) is computed. A page
-       that stays the same keeps the address canonical, and such a hit cannot fault.
+    2. *Same-page runs*. The same access (op, CPL, AC) to the same page, op after op, is
+       consumed by a tight inner loop doing what 1. does for each: the clock advances by
+       one per op, the counters by one L1 hit and one access per op, and only the
+       physical address (frame | offset) is computed. A page that stays the same keeps the
+       address canonical, and such a hit cannot fault.
     3. *Page -> way memo* (L1 hits). A direct-mapped memo from 4 KiB page to the L1 way
        that last translated it lets an L1 hit skip the set search. Its key is the page
        *and the current PCID*. It is checked on use (the way must still hold a usable entry
@@ -374,600 +390,593 @@ def run_trace(ops, addrs, args, pool, ht, ht_bits, direct, regs, tlb, geom, tsta
     for rep in range(repeat):
         i = 0
         while i < n:
-            handled = False
             op = ops[i]
             if op <= OP_FETCH and tlb_on:
-                # --- 7: the common access, specialised; any other case breaks out to the
-                # general code below, which does the op from the start (see the docstring) ---
+                # --- 7: the common accesses, specialised, op after op; the first op this
+                # loop cannot finish goes to the general code below, which does it from the
+                # start (see the docstring) ---
                 while True:
                     va = addrs[i]
                     arg = args[i]
                     vpn4 = va >> U12
-                    now = clock + U1
-                    data = U0
-                    user_access = (arg & 3) == 3
-                    ac = (arg & 4) != 0
-                    key_ng = U0
-                    key_g = U0
-                    tag = U0
-                    stamp = now
-                    hit = ~U0
-                    where = 0
-                    victim1 = U0
-                    victim2 = U0
-                    key = U0  # set by a memo hit (3)
-                    slot = U0
-                    verdict = U0
-                    known_ok = False
-                    if vpn4 == prev_vpn:  # (the page of a translated address: canonical)
-                        hit = prev_row
-                        where = 1
-                    elif not fast_state:  # 3: the memo (a page it knows is canonical)
-                        key = (vpn4 << U12) | pcid
-                        slot = _memo_slot(vpn4, pcid)
-                        if memo[slot, 0] != key or memo[slot, 2] != gen:
-                            break
-                        r = memo[slot, 1]
-                        tag = memo[slot, 3]
-                        if tlb[0, r] != tag or tlb[1, r] <= (thr_g if (tag & u64(8)) != U0 else thr_ng):
-                            break
-                        hit = r
-                        where = 1
-                        verdict = u64(op) | (u64(arg) << u64(8))
-                        known_ok = memo[slot, 4] == tlb[1, r] and memo[slot, 5] == verdict
-                    elif not _canonical(va, vabits, top_ones):
-                        break
-                    else:  # 4: probe, L1 then L2; nothing was ever flushed: stamp != 0
-                        key_ng = (vpn4 << u64(16)) | (pcid << u64(4))
-                        key_g = (vpn4 << u64(16)) | u64(8)
-                        for lvl in range(2):
-                            row = ((vpn4 & l1_sets_mask) * l1_ways if lvl == 0
-                                   else l2_base + (vpn4 & l2_sets_mask) * l2_ways)
-                            victim = row  # 5: meanwhile, the way a fill of this level takes
-                            oldest = now
-                            for r in range(row, row + (l1_ways if lvl == 0 else l2_ways)):
-                                tag = tlb[0, r]
-                                if (tag == key_ng or tag == key_g) and tlb[1, r] != U0:  # noqa: SIM109
-                                    hit = r
-                                    break
-                                lru_r = tlb[3, r]
-                                older = lru_r < oldest
-                                victim = r if older else victim
-                                oldest = lru_r if older else oldest
-                            if lvl == 0:
-                                victim1 = victim
-                            else:
-                                victim2 = victim
-                            if hit != ~U0:
-                                where = lvl + 1
-                                break
-                    size_mask = PAGE_MASK_LOW
-                    size_code = 0
-                    if hit != ~U0:
-                        data = tlb[2, hit]
-                        if not known_ok:
-                            denied, pk = _rights_fault(op, user_access, ac, (data & U1) != U0,
-                                                       (data & U2) != U0, (data & u64(4)) != U0,
-                                                       (data >> u64(4)) & u64(0xF), cr0, cr4, pkru)
-                            if denied or (op == OP_WRITE and (data & u64(8)) == U0):
-                                break  # a #PF or a dirty assist: the general code's
-                            if where == 1 and key != U0:  # 8: a memo hit's verdict, kept
-                                memo[slot, 4] = tlb[1, hit]
-                                memo[slot, 5] = verdict
-                        if vpn4 == prev_vpn:  # the entry of the op before: its size
-                            size_code = prev_size
-                            size_mask = prev_mask
-                        else:  # (tag: the entry's, from the memo or the probe)
-                            size_code = np.int64(tag & U3)
-                            size_mask = (U1 << u64(12 + 9 * size_code)) - U1
-                            tlb[3, hit] = now
-                        n_fill = 0
-                        if where == 2:  # copied into L1, with the L2 entry's stamp
-                            stamp = tlb[1, hit]
-                            n_fill = 1
+                    if vpn4 == prev_vpn and np.int64(op) == prev_op and np.int64(arg) == prev_arg:
+                        # 1 and 2: the same access to the page just used, op after op: find
+                        # the run of the same page, then cut it at the first other access
+                        end = i + 1
+                        while end < n and (addrs[end] >> U12) == vpn4:
+                            end += 1
+                        j = i + 1
+                        while j < end and ops[j] == op and args[j] == arg:
+                            j += 1
+                        if record:
+                            for k in range(i, j):
+                                out_outcome[k] = OUT_OK
+                                out_error[k] = 0
+                                out_pa[k] = prev_base | (addrs[k] & prev_mask)
+                                out_size[k] = prev_size
+                                out_tlb[k] = 1
+                        run = j - i
+                        clock += u64(run)
+                        n_accesses += run
+                        n_l1_hits += run
+                        i = j - 1
                     else:
-                        # the walk, read-only: anything but present 4 KiB mappings with
-                        # no reserved bit, A (and D for a write) already set and the
-                        # access allowed goes to the general code, which redoes it
-                        table = cr3 & addr_mask
-                        and_bits = ~U0
-                        or_bits = U0
-                        entry = U0
-                        idx = U0
-                        level = 4
-                        ok = True
-                        while level > 0:
-                            entry_pa = table | (((va >> u64(3 + 9 * level)) & U511) << U3)
-                            pfn = entry_pa >> U12
-                            frame = memo_frame[level]
-                            if pfn != memo_pfn[level]:
-                                if pfn >= n_direct:
+                        now = clock + U1
+                        data = U0
+                        user_access = (arg & 3) == 3
+                        ac = (arg & 4) != 0
+                        key_ng = U0
+                        key_g = U0
+                        tag = U0
+                        stamp = now
+                        hit = ~U0
+                        where = 0
+                        victim1 = U0
+                        victim2 = U0
+                        key = U0  # set by a memo hit (3)
+                        slot = U0
+                        verdict = U0
+                        known_ok = False
+                        if vpn4 == prev_vpn:  # (the page of a translated address: canonical)
+                            hit = prev_row
+                            where = 1
+                        elif not fast_state:  # 3: the memo (a page it knows is canonical)
+                            key = (vpn4 << U12) | pcid
+                            slot = _memo_slot(vpn4, pcid)
+                            if memo[slot, 0] != key or memo[slot, 2] != gen:
+                                break
+                            r = memo[slot, 1]
+                            tag = memo[slot, 3]
+                            if tlb[0, r] != tag or tlb[1, r] <= (thr_g if (tag & u64(8)) != U0 else thr_ng):
+                                break
+                            hit = r
+                            where = 1
+                            verdict = u64(op) | (u64(arg) << u64(8))
+                            known_ok = memo[slot, 4] == tlb[1, r] and memo[slot, 5] == verdict
+                        elif not _canonical(va, vabits, top_ones):
+                            break
+                        else:  # 4: probe, L1 then L2; nothing was ever flushed: stamp != 0
+                            key_ng = (vpn4 << u64(16)) | (pcid << u64(4))
+                            key_g = (vpn4 << u64(16)) | u64(8)
+                            for lvl in range(2):
+                                row = ((vpn4 & l1_sets_mask) * l1_ways if lvl == 0
+                                       else l2_base + (vpn4 & l2_sets_mask) * l2_ways)
+                                victim = row  # 5: meanwhile, the way a fill of this level takes
+                                oldest = now
+                                for r in range(row, row + (l1_ways if lvl == 0 else l2_ways)):
+                                    tag = tlb[0, r]
+                                    if (tag == key_ng or tag == key_g) and tlb[1, r] != U0:  # noqa: SIM109
+                                        hit = r
+                                        break
+                                    lru_r = tlb[3, r]
+                                    older = lru_r < oldest
+                                    victim = r if older else victim
+                                    oldest = lru_r if older else oldest
+                                if lvl == 0:
+                                    victim1 = victim
+                                else:
+                                    victim2 = victim
+                                if hit != ~U0:
+                                    where = lvl + 1
+                                    break
+                        size_mask = PAGE_MASK_LOW
+                        size_code = 0
+                        if hit != ~U0:
+                            data = tlb[2, hit]
+                            if not known_ok:
+                                denied, pk = _rights_fault(op, user_access, ac, (data & U1) != U0,
+                                                           (data & U2) != U0, (data & u64(4)) != U0,
+                                                           (data >> u64(4)) & u64(0xF), cr0, cr4, pkru)
+                                if denied or (op == OP_WRITE and (data & u64(8)) == U0):
+                                    break  # a #PF or a dirty assist: the general code's
+                                if where == 1 and key != U0:  # 8: a memo hit's verdict, kept
+                                    memo[slot, 4] = tlb[1, hit]
+                                    memo[slot, 5] = verdict
+                            if vpn4 == prev_vpn:  # the entry of the op before: its size
+                                size_code = prev_size
+                                size_mask = prev_mask
+                            else:  # (tag: the entry's, from the memo or the probe)
+                                size_code = np.int64(tag & U3)
+                                size_mask = (U1 << u64(12 + 9 * size_code)) - U1
+                                tlb[3, hit] = now
+                            n_fill = 0
+                            if where == 2:  # copied into L1, with the L2 entry's stamp
+                                stamp = tlb[1, hit]
+                                n_fill = 1
+                        else:
+                            # the walk, read-only: anything but present 4 KiB mappings with
+                            # no reserved bit, A (and D for a write) already set and the
+                            # access allowed goes to the general code, which redoes it
+                            table = cr3 & addr_mask
+                            and_bits = ~U0
+                            or_bits = U0
+                            entry = U0
+                            idx = U0
+                            level = 4
+                            ok = True
+                            while level > 0:
+                                entry_pa = table | (((va >> u64(3 + 9 * level)) & U511) << U3)
+                                pfn = entry_pa >> U12
+                                frame = memo_frame[level]
+                                if pfn != memo_pfn[level]:
+                                    if pfn >= n_direct:
+                                        ok = False
+                                        break
+                                    frame = u64(direct[pfn])
+                                    if level > 1:  # (leaf tables change too often to memoise)
+                                        memo_pfn[level] = pfn
+                                        memo_frame[level] = frame
+                                if frame == U0:
                                     ok = False
                                     break
-                                frame = u64(direct[pfn])
-                                if level > 1:  # (leaf tables change too often to memoise)
-                                    memo_pfn[level] = pfn
-                                    memo_frame[level] = frame
-                            if frame == U0:
-                                ok = False
+                                idx = (frame - U1) * U512 + ((entry_pa & PAGE_MASK_LOW) >> U3)
+                                entry = pool[idx]
+                                must = P | ACC
+                                if level == 1 and op == OP_WRITE:
+                                    must |= DIRTY
+                                if (entry & must) != must or (entry & (rsvd_all | (PS if level > 1 else U0))) != U0:
+                                    ok = False
+                                    break
+                                and_bits &= entry
+                                or_bits |= entry
+                                table = entry & addr_mask
+                                level -= 1
+                            if not ok:
                                 break
-                            idx = (frame - U1) * U512 + ((entry_pa & PAGE_MASK_LOW) >> U3)
-                            entry = pool[idx]
-                            must = P | ACC
-                            if level == 1 and op == OP_WRITE:
-                                must |= DIRTY
-                            if (entry & must) != must or (entry & (rsvd_all | (PS if level > 1 else U0))) != U0:
-                                ok = False
+                            pkey = (entry >> PKEY_SHIFT) & u64(0xF)
+                            user_page = (and_bits & US) != U0
+                            writable = (and_bits & RW) != U0
+                            nx = nxe and (or_bits & NX) != U0
+                            denied, pk = _rights_fault(op, user_access, ac, user_page, writable,
+                                                       nx, pkey, cr0, cr4, pkru)
+                            if denied:
                                 break
-                            and_bits &= entry
-                            or_bits |= entry
-                            table = entry & addr_mask
-                            level -= 1
-                        if not ok:
-                            break
-                        pkey = (entry >> PKEY_SHIFT) & u64(0xF)
-                        user_page = (and_bits & US) != U0
-                        writable = (and_bits & RW) != U0
-                        nx = nxe and (or_bits & NX) != U0
-                        denied, pk = _rights_fault(op, user_access, ac, user_page, writable,
-                                                   nx, pkey, cr0, cr4, pkru)
-                        if denied:
-                            break
-                        data = table | (pkey << u64(4))
-                        if user_page:
-                            data |= u64(1)
-                        if writable:
-                            data |= u64(2)
-                        if nx:
-                            data |= u64(4)
-                        if (entry & DIRTY) != U0:
-                            data |= u64(8)
-                        global_page = (entry & GLOBAL) != U0 and (cr4 & CR4_PGE) != U0
-                        tag = key_g if global_page else key_ng
-                        stamp = now
-                        n_fill = 2
-                        n_walks += 1
-                        n_walk_reads += 4
-                    # 5: fill the first least recently used way, found by the probe (which
-                    # searched every way of the levels it missed; nothing was ever flushed)
-                    for lvl in range(n_fill):
-                        victim = victim1 if lvl == 0 else victim2
-                        tlb[0, victim] = tag
-                        tlb[1, victim] = stamp
-                        tlb[2, victim] = data
-                        tlb[3, victim] = now
-                        if lvl == 0:
-                            hit = victim
-                    if where == 1:
-                        n_l1_hits += 1
-                    elif where == 2:
-                        n_l2_hits += 1
-                    if n_fill > 0:
-                        sizes_l1 |= U1
-                        if n_fill == 2:
-                            sizes_l2 |= U1
-                        if (tag & u64(8)) != U0:
-                            gen += U1  # a global entry may now shadow a memoised one
-                    prev_vpn = vpn4
-                    prev_row = hit
-                    prev_op = np.int64(op)
-                    prev_arg = np.int64(arg)
-                    prev_base = data & ~size_mask
-                    prev_mask = size_mask
-                    prev_size = size_code
-                    clock = now
-                    n_accesses += 1
-                    if record:
-                        out_outcome[i] = OUT_OK
-                        out_error[i] = 0
-                        out_pa[i] = prev_base | (va & prev_mask)
-                        out_size[i] = prev_size
-                        out_tlb[i] = where
-                    handled = True
+                            data = _tlb_data(table, pkey, user_page, writable, nx, entry)
+                            global_page = (entry & GLOBAL) != U0 and (cr4 & CR4_PGE) != U0
+                            tag = key_g if global_page else key_ng
+                            stamp = now
+                            n_fill = 2
+                            n_walks += 1
+                            n_walk_reads += 4
+                        # 5: fill the first least recently used way, found by the probe (which
+                        # searched every way of the levels it missed; nothing was ever flushed)
+                        for lvl in range(n_fill):
+                            victim = victim1 if lvl == 0 else victim2
+                            tlb[0, victim] = tag
+                            tlb[1, victim] = stamp
+                            tlb[2, victim] = data
+                            tlb[3, victim] = now
+                            if lvl == 0:
+                                hit = victim
+                        if where == 1:
+                            n_l1_hits += 1
+                        elif where == 2:
+                            n_l2_hits += 1
+                        if n_fill > 0:
+                            sizes_l1 |= U1
+                            if n_fill == 2:
+                                sizes_l2 |= U1
+                            if (tag & u64(8)) != U0:
+                                gen += U1  # a global entry may now shadow a memoised one
+                        prev_vpn = vpn4
+                        prev_row = hit
+                        prev_op = np.int64(op)
+                        prev_arg = np.int64(arg)
+                        prev_base = data & ~size_mask
+                        prev_mask = size_mask
+                        prev_size = size_code
+                        clock = now
+                        n_accesses += 1
+                        if record:
+                            out_outcome[i] = OUT_OK
+                            out_error[i] = 0
+                            out_pa[i] = prev_base | (va & prev_mask)
+                            out_size[i] = prev_size
+                            out_tlb[i] = where
+                    i += 1
+                    if i >= n:
+                        break
+                    op = ops[i]
+                    if op > OP_FETCH:
+                        break
+                if i >= n:
                     break
-            if not handled:
-                clock += U1
-                same_page = prev_vpn  # only the op right after an L1 hit may reuse its way
-                prev_vpn = ~U0
-                va = addrs[i]
-                arg = args[i]
-                outcome = OUT_OK
-                err = 0
-                pa = U0
-                size_code = 0
-                where = 0
-                if op <= OP_FETCH:
-                    n_accesses += 1
-                    user_access = (arg & 3) == 3
-                    ac = (arg & 4) != 0
-                    if not _canonical(va, vabits, top_ones):
-                        outcome = OUT_GP
-                    else:
-                        # --- TLB lookup: L1, then L2 (a usable tag for this PCID, or global) ---
-                        hit = ~U0
-                        same_kind = False
-                        vpn4 = va >> U12
-                        if tlb_on:
-                            key = U0
-                            slot = U0
-                            if vpn4 == same_page:  # 1: nothing changed since, already MRU
-                                hit = prev_row
-                                where = 1
-                                # the same kind of access (op, CPL, AC) as well: the same verdict
-                                same_kind = np.int64(op) == prev_op and np.int64(arg) == prev_arg
-                            else:  # 3: the memo
-                                key = (vpn4 << U12) | pcid
-                                slot = _memo_slot(vpn4, pcid)
-                                if memo[slot, 0] == key and memo[slot, 2] == gen:
-                                    r = memo[slot, 1]
-                                    tag = memo[slot, 3]
-                                    if tlb[0, r] == tag and tlb[1, r] > (thr_g if (tag & u64(8)) != U0 else thr_ng):
-                                        hit = r
-                                        where = 1
-                                        tlb[3, r] = clock
-                            if hit == ~U0:
-                                if (sizes_l1 | sizes_l2) <= U1:
-                                    # 4: only 4 KiB entries may be cached: one tag per set and level
-                                    key_ng = (vpn4 << u64(16)) | (pcid << u64(4))
-                                    key_g = (vpn4 << u64(16)) | u64(8)
-                                    for lvl in range(2):
-                                        row = ((vpn4 & l1_sets_mask) * l1_ways if lvl == 0
-                                               else l2_base + (vpn4 & l2_sets_mask) * l2_ways)
-                                        for r in range(row, row + (l1_ways if lvl == 0 else l2_ways)):
+            clock += U1
+            same_page = prev_vpn  # only the op right after an L1 hit may reuse its way
+            prev_vpn = ~U0
+            va = addrs[i]
+            arg = args[i]
+            outcome = OUT_OK
+            err = 0
+            pa = U0
+            size_code = 0
+            where = 0
+            if op <= OP_FETCH:
+                n_accesses += 1
+                user_access = (arg & 3) == 3
+                ac = (arg & 4) != 0
+                if not _canonical(va, vabits, top_ones):
+                    outcome = OUT_GP
+                else:
+                    # --- TLB lookup: L1, then L2 (a usable tag for this PCID, or global) ---
+                    hit = ~U0
+                    same_kind = False
+                    vpn4 = va >> U12
+                    if tlb_on:
+                        key = U0
+                        slot = U0
+                        if vpn4 == same_page:  # 1: nothing changed since, already MRU
+                            hit = prev_row
+                            where = 1
+                            # the same kind of access (op, CPL, AC) as well: the same verdict
+                            same_kind = np.int64(op) == prev_op and np.int64(arg) == prev_arg
+                        else:  # 3: the memo
+                            key = (vpn4 << U12) | pcid
+                            slot = _memo_slot(vpn4, pcid)
+                            if memo[slot, 0] == key and memo[slot, 2] == gen:
+                                r = memo[slot, 1]
+                                tag = memo[slot, 3]
+                                if tlb[0, r] == tag and tlb[1, r] > (thr_g if (tag & u64(8)) != U0 else thr_ng):
+                                    hit = r
+                                    where = 1
+                                    tlb[3, r] = clock
+                        if hit == ~U0:
+                            if (sizes_l1 | sizes_l2) <= U1:
+                                # 4: only 4 KiB entries may be cached: one tag per set and level
+                                key_ng = (vpn4 << u64(16)) | (pcid << u64(4))
+                                key_g = (vpn4 << u64(16)) | u64(8)
+                                for lvl in range(2):
+                                    row = ((vpn4 & l1_sets_mask) * l1_ways if lvl == 0
+                                           else l2_base + (vpn4 & l2_sets_mask) * l2_ways)
+                                    for r in range(row, row + (l1_ways if lvl == 0 else l2_ways)):
+                                        tag = tlb[0, r]
+                                        if ((tag == key_ng and tlb[1, r] > thr_ng)
+                                                or (tag == key_g and tlb[1, r] > thr_g)):
+                                            hit = r
+                                            where = lvl + 1
+                                            break
+                                    if hit != ~U0:
+                                        break
+                            else:
+                                for lvl in range(2):
+                                    lvl_sizes = sizes_l1 if lvl == 0 else sizes_l2
+                                    lvl_base = U0 if lvl == 0 else l2_base
+                                    lvl_mask = l1_sets_mask if lvl == 0 else l2_sets_mask
+                                    lvl_ways = l1_ways if lvl == 0 else l2_ways
+                                    for s in range(3):
+                                        if (lvl_sizes >> u64(s)) & U1 == U0:
+                                            continue
+                                        vpn = va >> u64(12 + 9 * s)
+                                        key_ng = (vpn << u64(16)) | (pcid << u64(4)) | u64(s)
+                                        key_g = (vpn << u64(16)) | u64(8) | u64(s)
+                                        row = lvl_base + (vpn & lvl_mask) * lvl_ways
+                                        for r in range(row, row + lvl_ways):
                                             tag = tlb[0, r]
                                             if ((tag == key_ng and tlb[1, r] > thr_ng)
                                                     or (tag == key_g and tlb[1, r] > thr_g)):
                                                 hit = r
-                                                where = lvl + 1
                                                 break
                                         if hit != ~U0:
                                             break
-                                else:
-                                    for lvl in range(2):
-                                        lvl_sizes = sizes_l1 if lvl == 0 else sizes_l2
-                                        lvl_base = U0 if lvl == 0 else l2_base
-                                        lvl_mask = l1_sets_mask if lvl == 0 else l2_sets_mask
-                                        lvl_ways = l1_ways if lvl == 0 else l2_ways
-                                        for s in range(3):
-                                            if (lvl_sizes >> u64(s)) & U1 == U0:
-                                                continue
-                                            vpn = va >> u64(12 + 9 * s)
-                                            key_ng = (vpn << u64(16)) | (pcid << u64(4)) | u64(s)
-                                            key_g = (vpn << u64(16)) | u64(8) | u64(s)
-                                            row = lvl_base + (vpn & lvl_mask) * lvl_ways
-                                            for r in range(row, row + lvl_ways):
-                                                tag = tlb[0, r]
-                                                if ((tag == key_ng and tlb[1, r] > thr_ng)
-                                                        or (tag == key_g and tlb[1, r] > thr_g)):
-                                                    hit = r
-                                                    break
-                                            if hit != ~U0:
-                                                break
-                                        if hit != ~U0:
-                                            where = lvl + 1
-                                            break
-                                if hit != ~U0:
-                                    tlb[3, hit] = clock
-                                    if where == 1:
-                                        memo[slot, 0] = key
-                                        memo[slot, 1] = hit
-                                        memo[slot, 2] = gen
-                                        memo[slot, 3] = tlb[0, hit]
-                                        memo[slot, 4] = U0  # no verdict yet (8)
-                        n_fill = 0  # TLB levels to fill, from L1: none, L1 (after an L2 hit), or both
-                        tag = U0
-                        stamp = clock
-                        data = U0
-                        if same_kind:
-                            n_l1_hits += 1
-                            size_code = prev_size
-                            pa = prev_base | (va & prev_mask)
-                            prev_vpn = vpn4
-                        elif hit != ~U0:
-                            # Rights come from the TLB entry, not from memory (SDM 4.10.2.2): a
-                            # stale read-only entry gives a spurious #PF that drops it (4.10.4.3).
-                            data = tlb[2, hit]
-                            size_code = np.int64(tlb[0, hit] & U3)
-                            size_mask = (U1 << u64(12 + 9 * size_code)) - U1
-                            denied, pk = _rights_fault(op, user_access, ac, (data & U1) != U0,
-                                                       (data & U2) != U0, (data & u64(4)) != U0,
-                                                       (data >> u64(4)) & u64(0xF), cr0, cr4, pkru)
-                            if denied:
-                                outcome = OUT_PF
-                                err = _pf_error_code(op, user_access, cr4, efer) | PF_PROT
-                                if pk:
-                                    err |= PF_PK
-                                size_code = 0
-                            elif op == OP_WRITE and (data & u64(8)) == U0:
-                                # A permitted write through an entry cached with D=0: the CPU walks
-                                # to set D in memory (SDM 4.8); the clean entries are replaced.
-                                n_dirty_assists += 1
-                                hit = ~U0
-                                _tlb_invalidate_page(tlb, 0, np.int64(l1_sets_mask) + 1, np.int64(l1_ways),
-                                                     sizes_l1, va, pcid, True, True)
-                                _tlb_invalidate_page(tlb, np.int64(l2_base), np.int64(l2_sets_mask) + 1,
-                                                     np.int64(l2_ways), sizes_l2, va, pcid, True, True)
-                                last_any = clock
-                            else:
-                                pa = (data & ~size_mask) | (va & size_mask)
+                                    if hit != ~U0:
+                                        where = lvl + 1
+                                        break
+                            if hit != ~U0:
+                                tlb[3, hit] = clock
                                 if where == 1:
-                                    n_l1_hits += 1
-                                    prev_vpn = vpn4
-                                    prev_row = hit
-                                    prev_op = np.int64(op)
-                                    prev_arg = np.int64(arg)
-                                    prev_base = data & ~size_mask
-                                    prev_mask = size_mask
-                                    prev_size = size_code
-                                else:
-                                    n_l2_hits += 1
-                                    n_fill = 1  # copy the L2 entry into L1
-                                    tag = tlb[0, hit]
-                                    stamp = tlb[1, hit]
-                        if outcome == OUT_OK and hit == ~U0:
-                            # --- the page walk (walk.py is the readable version of this) ---
-                            where = 0
-                            n_walks += 1
-                            table = cr3 & addr_mask
-                            user_page = True
-                            writable = True
-                            nx = False
-                            entry = U0
-                            idx = U0
-                            level = top_level
-                            fault = False
-                            while True:
-                                shift = u64(12 + 9 * (level - 1))
-                                entry_pa = table | (((va >> shift) & U511) << U3)
-                                # physical memory: the frame's pool slot (6: direct, else hashed)
-                                pfn = entry_pa >> U12
-                                frame = memo_frame[level]  # pool slot + 1; 0: never written
-                                if pfn != memo_pfn[level]:
-                                    frame = U0
-                                    if pfn < n_direct:
-                                        frame = u64(direct[pfn])
-                                    else:
-                                        h = frame_hash(pfn, ht_bits)
-                                        while True:
-                                            hkey = ht[h * U2]
-                                            if hkey == pfn + U1:
-                                                frame = ht[h * U2 + U1] + U1
-                                                break
-                                            if hkey == U0:
-                                                break
-                                            h = (h + U1) & ht_mask
-                                    memo_pfn[level] = pfn
-                                    memo_frame[level] = frame
-                                n_walk_reads += 1
-                                if frame == U0:
-                                    entry = U0
-                                    fault = True  # not present: P=0 in the error code
-                                    break
-                                idx = (frame - U1) * U512 + ((entry_pa & PAGE_MASK_LOW) >> U3)
-                                entry = pool[idx]
-                                if (entry & P) == U0:
-                                    fault = True
-                                    break
-                                leaf = level == 1 or (level <= 3 and (entry & PS) != U0)
-                                bad = rsvd_all
-                                if level >= 4:
-                                    bad |= PS  # no 512 GiB pages
-                                elif leaf and level > 1:
-                                    bad |= ((U1 << shift) - U1) & ~((U1 << U13) - U1)
-                                if (entry & bad) != U0:
-                                    fault = True
-                                    err = PF_PROT | PF_RSVD
-                                    break
-                                user_page = user_page and (entry & US) != U0
-                                writable = writable and (entry & RW) != U0
-                                nx = nx or (nxe and (entry & NX) != U0)
-                                if leaf:
-                                    break
-                                if (entry & ACC) == U0:  # a table entry used on the way: set A
-                                    pool[idx] = entry | ACC  # (kept even if a lower level faults)
-                                    n_ad_writes += 1
-                                table = entry & addr_mask
-                                level -= 1
-                            pkey = (entry >> PKEY_SHIFT) & u64(0xF)
-                            if not fault:
-                                denied, pk = _rights_fault(op, user_access, ac, user_page, writable,
-                                                           nx, pkey, cr0, cr4, pkru)
-                                if denied:
-                                    fault = True
-                                    err = PF_PROT
-                                    if pk:
-                                        err |= PF_PK
-                            if fault:
-                                outcome = OUT_PF
-                                err |= _pf_error_code(op, user_access, cr4, efer)
-                                size_code = 0  # (a dirty assist may have set it from the TLB)
-                            else:
-                                new = entry | ACC
-                                if op == OP_WRITE:
-                                    new |= DIRTY
-                                if new != entry:
-                                    pool[idx] = new
-                                    n_ad_writes += 1
-                                    entry = new
-                                size_code = level - 1
-                                size_mask = (U1 << u64(12 + 9 * size_code)) - U1
-                                base = entry & addr_mask & ~size_mask
-                                pa = base | (va & size_mask)
-                                data = base | (pkey << u64(4))
-                                if user_page:
-                                    data |= u64(1)
-                                if writable:
-                                    data |= u64(2)
-                                if nx:
-                                    data |= u64(4)
-                                if (entry & DIRTY) != U0:
-                                    data |= u64(8)
-                                tag = (va >> u64(12 + 9 * size_code)) << u64(16) | u64(size_code)
-                                if (entry & GLOBAL) != U0 and (cr4 & CR4_PGE) != U0:
-                                    tag |= u64(8)  # global: matches any PCID, so no PCID in the tag
-                                else:
-                                    tag |= pcid << u64(4)
-                                n_fill = 2
-                        # --- TLB fill: a free way (nothing usable in it), else the LRU way ---
-                        if tlb_on:
-                            for lvl in range(n_fill):
-                                lvl_mask = l1_sets_mask if lvl == 0 else l2_sets_mask
-                                lvl_ways = l1_ways if lvl == 0 else l2_ways
-                                row = (U0 if lvl == 0 else l2_base) + ((tag >> u64(16)) & lvl_mask) * lvl_ways
-                                victim = row
-                                oldest = clock + U1
-                                if last_any == U0:  # 5: the first least recently used way
-                                    for r in range(row, row + lvl_ways):
-                                        lru_r = tlb[3, r]  # argmin written as selects: no branch
-                                        older = lru_r < oldest  # to mispredict on random LRU ages
-                                        victim = r if older else victim
-                                        oldest = lru_r if older else oldest
-                                else:
-                                    for r in range(row, row + lvl_ways):
-                                        stamp_r = tlb[1, r]
-                                        if stamp_r <= last_any:  # filled before some flush: check it
-                                            tag_r = tlb[0, r]
-                                            if (stamp_r == U0 or stamp_r <= last_all or (
-                                                    (tag_r & u64(8)) == U0 and (
-                                                        stamp_r <= last_ng or stamp_r <= pcid_flush[(tag_r >> u64(4)) & PCID_MASK]))):
-                                                victim = r
-                                                break
-                                        lru_r = tlb[3, r]
-                                        older = lru_r < oldest
-                                        victim = r if older else victim
-                                        oldest = lru_r if older else oldest
-                                tlb[0, victim] = tag
-                                tlb[1, victim] = stamp
-                                tlb[2, victim] = data
-                                tlb[3, victim] = clock
-                                if lvl == 0:
-                                    sizes_l1 |= U1 << (tag & U3)
-                                else:
-                                    sizes_l2 |= U1 << (tag & U3)
-                            if n_fill > 0 and (tag & u64(8)) != U0:
-                                gen += U1  # a global entry may now shadow a memoised one
-                        if outcome == OUT_PF:
-                            n_pf += 1
-                            if tlb_on:  # a #PF drops the faulting page's entries (SDM 4.10.4.1)
-                                _tlb_invalidate_page(tlb, 0, np.int64(l1_sets_mask) + 1, np.int64(l1_ways),
-                                                     sizes_l1, va, pcid, True, True)
-                                _tlb_invalidate_page(tlb, np.int64(l2_base), np.int64(l2_sets_mask) + 1,
-                                                     np.int64(l2_ways), sizes_l2, va, pcid, True, True)
-                                last_any = clock
-                else:
-                    if op == OP_MOV_CR3:
-                        value = va & ~NOFLUSH
-                        reserved = ~((U1 << maxphy) - U1) & ~NOFLUSH
-                        if (value & reserved) != U0 or (not pcide and (va & NOFLUSH) != U0):
-                            outcome = OUT_GP  # reserved CR3 bits (SDM Tables 4-12, 4-13)
-                        else:
-                            n_cr3_writes += 1
-                            cr3 = value
-                            if pcide:
-                                pcid = cr3 & PCID_MASK
-                                if (va & NOFLUSH) == U0:
-                                    pcid_flush[pcid] = clock
-                                    n_flushes += 1
-                            else:
-                                last_ng = clock  # PCIDE=0: every non-global entry goes
-                                n_flushes += 1
-                    elif op == OP_INVLPG:
-                        n_invlpg += 1
-                        if tlb_on and _canonical(va, vabits, top_ones):  # non-canonical: a NOP
+                                    memo[slot, 0] = key
+                                    memo[slot, 1] = hit
+                                    memo[slot, 2] = gen
+                                    memo[slot, 3] = tlb[0, hit]
+                                    memo[slot, 4] = U0  # no verdict yet (8)
+                    n_fill = 0  # TLB levels to fill, from L1: none, L1 (after an L2 hit), or both
+                    tag = U0
+                    stamp = clock
+                    data = U0
+                    if same_kind:
+                        n_l1_hits += 1
+                        size_code = prev_size
+                        pa = prev_base | (va & prev_mask)
+                        prev_vpn = vpn4
+                    elif hit != ~U0:
+                        # Rights come from the TLB entry, not from memory (SDM 4.10.2.2): a
+                        # stale read-only entry gives a spurious #PF that drops it (4.10.4.3).
+                        data = tlb[2, hit]
+                        size_code = np.int64(tlb[0, hit] & U3)
+                        size_mask = (U1 << u64(12 + 9 * size_code)) - U1
+                        denied, pk = _rights_fault(op, user_access, ac, (data & U1) != U0,
+                                                   (data & U2) != U0, (data & u64(4)) != U0,
+                                                   (data >> u64(4)) & u64(0xF), cr0, cr4, pkru)
+                        if denied:
+                            outcome = OUT_PF
+                            err = _pf_error_code(op, user_access, cr4, efer) | PF_PROT
+                            if pk:
+                                err |= PF_PK
+                            size_code = 0
+                        elif op == OP_WRITE and (data & u64(8)) == U0:
+                            # A permitted write through an entry cached with D=0: the CPU walks
+                            # to set D in memory (SDM 4.8); the clean entries are replaced.
+                            n_dirty_assists += 1
+                            hit = ~U0
                             _tlb_invalidate_page(tlb, 0, np.int64(l1_sets_mask) + 1, np.int64(l1_ways),
                                                  sizes_l1, va, pcid, True, True)
                             _tlb_invalidate_page(tlb, np.int64(l2_base), np.int64(l2_sets_mask) + 1,
                                                  np.int64(l2_ways), sizes_l2, va, pcid, True, True)
-                    elif op == OP_INVPCID:
-                        n_invpcid += 1
-                        kind = (arg >> 12) & 3
-                        target = u64(arg & 0xFFF)
-                        if kind <= 1 and not pcide and target != U0:
-                            outcome = OUT_GP  # PCIDE=0: only PCID 0 may be named (SDM INVPCID)
-                        elif kind == 0 and not _canonical(va, vabits, top_ones):
-                            outcome = OUT_GP
-                        elif kind == 0:
-                            if tlb_on:
-                                _tlb_invalidate_page(tlb, 0, np.int64(l1_sets_mask) + 1, np.int64(l1_ways),
-                                                     sizes_l1, va, target, False, True)
-                                _tlb_invalidate_page(tlb, np.int64(l2_base), np.int64(l2_sets_mask) + 1,
-                                                     np.int64(l2_ways), sizes_l2, va, target, False, True)
-                        elif kind == 1:
-                            pcid_flush[target] = clock
+                            last_any = clock
+                        else:
+                            pa = (data & ~size_mask) | (va & size_mask)
+                            if where == 1:
+                                n_l1_hits += 1
+                                prev_vpn = vpn4
+                                prev_row = hit
+                                prev_op = np.int64(op)
+                                prev_arg = np.int64(arg)
+                                prev_base = data & ~size_mask
+                                prev_mask = size_mask
+                                prev_size = size_code
+                            else:
+                                n_l2_hits += 1
+                                n_fill = 1  # copy the L2 entry into L1
+                                tag = tlb[0, hit]
+                                stamp = tlb[1, hit]
+                    if outcome == OUT_OK and hit == ~U0:
+                        # --- the page walk (walk.py is the readable version of this) ---
+                        where = 0
+                        n_walks += 1
+                        table = cr3 & addr_mask
+                        user_page = True
+                        writable = True
+                        nx = False
+                        entry = U0
+                        idx = U0
+                        level = top_level
+                        fault = False
+                        while True:
+                            shift = u64(12 + 9 * (level - 1))
+                            entry_pa = table | (((va >> shift) & U511) << U3)
+                            # physical memory: the frame's pool slot (6: direct, else hashed)
+                            pfn = entry_pa >> U12
+                            frame = memo_frame[level]  # pool slot + 1; 0: never written
+                            if pfn != memo_pfn[level]:
+                                frame = U0
+                                if pfn < n_direct:
+                                    frame = u64(direct[pfn])
+                                else:
+                                    h = frame_hash(pfn, ht_bits)
+                                    while True:
+                                        hkey = ht[h * U2]
+                                        if hkey == pfn + U1:
+                                            frame = ht[h * U2 + U1] + U1
+                                            break
+                                        if hkey == U0:
+                                            break
+                                        h = (h + U1) & ht_mask
+                                memo_pfn[level] = pfn
+                                memo_frame[level] = frame
+                            n_walk_reads += 1
+                            if frame == U0:
+                                entry = U0
+                                fault = True  # not present: P=0 in the error code
+                                break
+                            idx = (frame - U1) * U512 + ((entry_pa & PAGE_MASK_LOW) >> U3)
+                            entry = pool[idx]
+                            if (entry & P) == U0:
+                                fault = True
+                                break
+                            leaf = level == 1 or (level <= 3 and (entry & PS) != U0)
+                            bad = rsvd_all
+                            if level >= 4:
+                                bad |= PS  # no 512 GiB pages
+                            elif leaf and level > 1:
+                                bad |= ((U1 << shift) - U1) & ~((U1 << U13) - U1)
+                            if (entry & bad) != U0:
+                                fault = True
+                                err = PF_PROT | PF_RSVD
+                                break
+                            user_page = user_page and (entry & US) != U0
+                            writable = writable and (entry & RW) != U0
+                            nx = nx or (nxe and (entry & NX) != U0)
+                            if leaf:
+                                break
+                            if (entry & ACC) == U0:  # a table entry used on the way: set A
+                                pool[idx] = entry | ACC  # (kept even if a lower level faults)
+                                n_ad_writes += 1
+                            table = entry & addr_mask
+                            level -= 1
+                        pkey = (entry >> PKEY_SHIFT) & u64(0xF)
+                        if not fault:
+                            denied, pk = _rights_fault(op, user_access, ac, user_page, writable,
+                                                       nx, pkey, cr0, cr4, pkru)
+                            if denied:
+                                fault = True
+                                err = PF_PROT
+                                if pk:
+                                    err |= PF_PK
+                        if fault:
+                            outcome = OUT_PF
+                            err |= _pf_error_code(op, user_access, cr4, efer)
+                            size_code = 0  # (a dirty assist may have set it from the TLB)
+                        else:
+                            new = entry | ACC
+                            if op == OP_WRITE:
+                                new |= DIRTY
+                            if new != entry:
+                                pool[idx] = new
+                                n_ad_writes += 1
+                                entry = new
+                            size_code = level - 1
+                            size_mask = (U1 << u64(12 + 9 * size_code)) - U1
+                            base = entry & addr_mask & ~size_mask
+                            pa = base | (va & size_mask)
+                            data = _tlb_data(base, pkey, user_page, writable, nx, entry)
+                            tag = (va >> u64(12 + 9 * size_code)) << u64(16) | u64(size_code)
+                            if (entry & GLOBAL) != U0 and (cr4 & CR4_PGE) != U0:
+                                tag |= u64(8)  # global: matches any PCID, so no PCID in the tag
+                            else:
+                                tag |= pcid << u64(4)
+                            n_fill = 2
+                    # --- TLB fill: a free way (nothing usable in it), else the LRU way ---
+                    if tlb_on:
+                        for lvl in range(n_fill):
+                            lvl_mask = l1_sets_mask if lvl == 0 else l2_sets_mask
+                            lvl_ways = l1_ways if lvl == 0 else l2_ways
+                            row = (U0 if lvl == 0 else l2_base) + ((tag >> u64(16)) & lvl_mask) * lvl_ways
+                            victim = row
+                            oldest = clock + U1
+                            if last_any == U0:  # 5: the first least recently used way
+                                for r in range(row, row + lvl_ways):
+                                    lru_r = tlb[3, r]  # argmin written as selects: no branch
+                                    older = lru_r < oldest  # to mispredict on random LRU ages
+                                    victim = r if older else victim
+                                    oldest = lru_r if older else oldest
+                            else:
+                                for r in range(row, row + lvl_ways):
+                                    stamp_r = tlb[1, r]
+                                    if stamp_r <= last_any:  # filled before some flush: check it
+                                        tag_r = tlb[0, r]
+                                        if (stamp_r == U0 or stamp_r <= last_all or (
+                                                (tag_r & u64(8)) == U0 and (
+                                                    stamp_r <= last_ng or stamp_r <= pcid_flush[(tag_r >> u64(4)) & PCID_MASK]))):
+                                            victim = r
+                                            break
+                                    lru_r = tlb[3, r]
+                                    older = lru_r < oldest
+                                    victim = r if older else victim
+                                    oldest = lru_r if older else oldest
+                            tlb[0, victim] = tag
+                            tlb[1, victim] = stamp
+                            tlb[2, victim] = data
+                            tlb[3, victim] = clock
+                            if lvl == 0:
+                                sizes_l1 |= U1 << (tag & U3)
+                            else:
+                                sizes_l2 |= U1 << (tag & U3)
+                        if n_fill > 0 and (tag & u64(8)) != U0:
+                            gen += U1  # a global entry may now shadow a memoised one
+                    if outcome == OUT_PF:
+                        n_pf += 1
+                        if tlb_on:  # a #PF drops the faulting page's entries (SDM 4.10.4.1)
+                            _tlb_invalidate_page(tlb, 0, np.int64(l1_sets_mask) + 1, np.int64(l1_ways),
+                                                 sizes_l1, va, pcid, True, True)
+                            _tlb_invalidate_page(tlb, np.int64(l2_base), np.int64(l2_sets_mask) + 1,
+                                                 np.int64(l2_ways), sizes_l2, va, pcid, True, True)
+                            last_any = clock
+            else:
+                if op == OP_MOV_CR3:
+                    value = va & ~NOFLUSH
+                    reserved = ~((U1 << maxphy) - U1) & ~NOFLUSH
+                    if (value & reserved) != U0 or (not pcide and (va & NOFLUSH) != U0):
+                        outcome = OUT_GP  # reserved CR3 bits (SDM Tables 4-12, 4-13)
+                    else:
+                        n_cr3_writes += 1
+                        cr3 = value
+                        if pcide:
+                            pcid = cr3 & PCID_MASK
+                            if (va & NOFLUSH) == U0:
+                                pcid_flush[pcid] = clock
+                                n_flushes += 1
+                        else:
+                            last_ng = clock  # PCIDE=0: every non-global entry goes
                             n_flushes += 1
-                        elif kind == 2:
-                            last_all = clock
+                elif op == OP_INVLPG:
+                    n_invlpg += 1
+                    if tlb_on and _canonical(va, vabits, top_ones):  # non-canonical: a NOP
+                        _tlb_invalidate_page(tlb, 0, np.int64(l1_sets_mask) + 1, np.int64(l1_ways),
+                                             sizes_l1, va, pcid, True, True)
+                        _tlb_invalidate_page(tlb, np.int64(l2_base), np.int64(l2_sets_mask) + 1,
+                                             np.int64(l2_ways), sizes_l2, va, pcid, True, True)
+                elif op == OP_INVPCID:
+                    n_invpcid += 1
+                    kind = (arg >> 12) & 3
+                    target = u64(arg & 0xFFF)
+                    if kind <= 1 and not pcide and target != U0:
+                        outcome = OUT_GP  # PCIDE=0: only PCID 0 may be named (SDM INVPCID)
+                    elif kind == 0 and not _canonical(va, vabits, top_ones):
+                        outcome = OUT_GP
+                    elif kind == 0:
+                        if tlb_on:
+                            _tlb_invalidate_page(tlb, 0, np.int64(l1_sets_mask) + 1, np.int64(l1_ways),
+                                                 sizes_l1, va, target, False, True)
+                            _tlb_invalidate_page(tlb, np.int64(l2_base), np.int64(l2_sets_mask) + 1,
+                                                 np.int64(l2_ways), sizes_l2, va, target, False, True)
+                    elif kind == 1:
+                        pcid_flush[target] = clock
+                        n_flushes += 1
+                    elif kind == 2:
+                        last_all = clock
+                        sizes_l1 = U0
+                        sizes_l2 = U0
+                        n_flushes += 1
+                    else:
+                        last_ng = clock
+                        n_flushes += 1
+                elif op == OP_MOV_CR4:
+                    changed = cr4 ^ va
+                    if ((changed & CR4_LA57) != U0 or (va & CR4_PAE) == U0
+                            or ((va & CR4_PCIDE) != U0 and not pcide
+                                and (cr3 & PCID_MASK) != U0)):
+                        outcome = OUT_GP  # LA57 changes only outside 64-bit mode; PAE keeps it
+                    else:
+                        if (changed & CR4_PGE) != U0 or (pcide and (va & CR4_PCIDE) == U0):
+                            last_all = clock  # everything, globals included (SDM 4.10.4.1)
                             sizes_l1 = U0
                             sizes_l2 = U0
                             n_flushes += 1
-                        else:
-                            last_ng = clock
+                        elif (changed & CR4_SMEP) != U0 and (va & CR4_SMEP) != U0:
+                            pcid_flush[pcid] = clock
                             n_flushes += 1
-                    elif op == OP_MOV_CR4:
-                        changed = cr4 ^ va
-                        if ((changed & CR4_LA57) != U0 or (va & CR4_PAE) == U0
-                                or ((va & CR4_PCIDE) != U0 and not pcide
-                                    and (cr3 & PCID_MASK) != U0)):
-                            outcome = OUT_GP  # LA57 changes only outside 64-bit mode; PAE keeps it
-                        else:
-                            if (changed & CR4_PGE) != U0 or (pcide and (va & CR4_PCIDE) == U0):
-                                last_all = clock  # everything, globals included (SDM 4.10.4.1)
-                                sizes_l1 = U0
-                                sizes_l2 = U0
-                                n_flushes += 1
-                            elif (changed & CR4_SMEP) != U0 and (va & CR4_SMEP) != U0:
-                                pcid_flush[pcid] = clock
-                                n_flushes += 1
-                            cr4 = va
-                            pcide = (cr4 & CR4_PCIDE) != U0
-                            pcid = cr3 & PCID_MASK if pcide else U0
-                            gen += U1  # rights may differ now: memoised verdicts are void (8)
-                    elif op == OP_WRPKRU:
-                        pkru = va & u64(0xFFFFFFFF)
-                        gen += U1  # (8)
-                    elif op == OP_MOV_CR0:
-                        if (va & CR0_PG) == U0 or (va & CR0_PE) == U0:
-                            outcome = OUT_GP  # leaving paging is not simulated
-                        else:
-                            cr0 = va
-                            gen += U1  # (8)
+                        cr4 = va
+                        pcide = (cr4 & CR4_PCIDE) != U0
+                        pcid = cr3 & PCID_MASK if pcide else U0
+                        gen += U1  # rights may differ now: memoised verdicts are void (8)
+                elif op == OP_WRPKRU:
+                    pkru = va & u64(0xFFFFFFFF)
+                    gen += U1  # (8)
+                elif op == OP_MOV_CR0:
+                    if (va & CR0_PG) == U0 or (va & CR0_PE) == U0:
+                        outcome = OUT_GP  # leaving paging is not simulated
                     else:
-                        outcome = OUT_GP  # unknown op: refused by mmu.py before we get here
-                    thr_g = last_all
-                    thr_ng = max(last_all, max(last_ng, pcid_flush[pcid]))
-                    last_any = clock  # conservatively: this op may have flushed or invalidated
-                if outcome == OUT_GP:
-                    n_gp += 1
-                if record:
-                    out_outcome[i] = outcome
-                    out_error[i] = err
-                    out_pa[i] = pa
-                    out_size[i] = size_code
-                    out_tlb[i] = where
-                if stop_on_fault and outcome != OUT_OK:
-                    done = rep * n + i + 1
-                    stopped = True
-                    break
-                fast_state = last_any == U0 and (sizes_l1 | sizes_l2) <= U1 and top_level == 4
+                        cr0 = va
+                        gen += U1  # (8)
+                else:
+                    outcome = OUT_GP  # unknown op: refused by mmu.py before we get here
+                thr_g = last_all
+                thr_ng = max(last_all, max(last_ng, pcid_flush[pcid]))
+                last_any = clock  # conservatively: this op may have flushed or invalidated
+            if outcome == OUT_GP:
+                n_gp += 1
+            if record:
+                out_outcome[i] = outcome
+                out_error[i] = err
+                out_pa[i] = pa
+                out_size[i] = size_code
+                out_tlb[i] = where
+            if stop_on_fault and outcome != OUT_OK:
+                done = rep * n + i + 1
+                stopped = True
+                break
+            fast_state = last_any == U0 and (sizes_l1 | sizes_l2) <= U1 and top_level == 4
             i += 1
-            if prev_vpn != ~U0:  # 2: the same access to the same page, op after op
-                j = i
-                while j < n and (addrs[j] >> U12) == prev_vpn and ops[j] == op and args[j] == arg:
-                    if record:
-                        out_outcome[j] = OUT_OK
-                        out_error[j] = 0
-                        out_pa[j] = prev_base | (addrs[j] & prev_mask)
-                        out_size[j] = prev_size
-                        out_tlb[j] = 1
-                    j += 1
-                run = j - i
-                if run > 0:
-                    clock += u64(run)
-                    n_accesses += run
-                    n_l1_hits += run
-                    prev_op = np.int64(op)
-                    prev_arg = np.int64(arg)
-                    i = j
         if stopped:
             break
     regs[R_CR0] = cr0

@@ -6,7 +6,8 @@ nothing else:
 
 * an access to the page of the access just before it reuses that translation: it is an
   L1 hit on the way just used, already its set's most recently used, so not even the LRU
-  order changes (any exact simulator may do this; the engine does too);
+  order changes; a run of such accesses is found by one scan of the addresses (any exact
+  simulator may do this; the engine does too);
 * the same TLB geometry and replacement as the engine's default
   (:class:`~kaiser_edu.hw.mmu.TLBConfig`: 64-entry 4-way L1, 1536-entry 12-way L2, both
   filled on a walk, L1 refilled from L2 on an L2 hit, least recently used way replaced,
@@ -48,8 +49,10 @@ LIMIT_COUNTERS = ("l1_hits", "l2_hits", "walks", "walk_reads", "ad_writes")
 @njit(cache=True)
 def limit_run(va, dense, cr3, clock, l1_sets, l1_ways, l2_sets, l2_ways, tags, lru,
               counters, record, out_pa, out_where):
-    """Translate every address of ``va`` (user reads); returns a checksum of the physical
-    addresses, or -1 if the trace needs more than this kernel models.
+    """Translate every address of ``va`` (user reads); returns 0, or -1 if the trace needs
+    more than this kernel models. Like the engine with ``record=False``, it stores the
+    physical addresses only when recording; the counters, the TLB and the A bits are its
+    results otherwise.
 
     ``tags``/``lru``: the TLB, L1 ways then L2 ways, ``vpn + 1`` (0 = empty) and the time
     of last use (``clock`` + the access's number; the frame in the second half of ``lru``). ``counters``: see :data:`LIMIT_COUNTERS`. With ``record`` the physical
@@ -67,21 +70,25 @@ def limit_run(va, dense, cr3, clock, l1_sets, l1_ways, l2_sets, l2_ways, tags, l
     walks = 0
     reads = 0
     ad = 0
-    check = u64(0)
+    n = va.shape[0]
     last_vpn = ~u64(0)
     last_frame = u64(0)
-    for i in range(va.shape[0]):
+    i = 0
+    while i < n:
         now = clock + u64(i + 1)
         v = va[i]
         vpn = v >> u64(12)
         key = vpn + u64(1)
         if vpn == last_vpn:  # the page just used: its L1 way, already the set's MRU
-            l1_hits += 1
-            pa = last_frame | (v & u64(0xFFF))
-            check ^= pa
+            end = i + 1  # ... and so are the following accesses to it
+            while end < n and (va[end] >> u64(12)) == vpn:
+                end += 1
+            l1_hits += end - i
             if record:
-                out_pa[i] = pa
-                out_where[i] = 1
+                for k in range(i, end):
+                    out_pa[k] = last_frame | (va[k] & u64(0xFFF))
+                    out_where[k] = 1
+            i = end
             continue
         where = 0
         frame = u64(0)
@@ -139,17 +146,16 @@ def limit_run(va, dense, cr3, clock, l1_sets, l1_ways, l2_sets, l2_ways, tags, l
                 lru[victim + tags.shape[0]] = frame
         last_vpn = vpn
         last_frame = frame
-        pa = frame | (v & u64(0xFFF))
-        check ^= pa
         if record:
-            out_pa[i] = pa
+            out_pa[i] = frame | (v & u64(0xFFF))
             out_where[i] = where
+        i += 1
     counters[0] += l1_hits
     counters[1] += l2_hits
     counters[2] += walks
     counters[3] += reads
     counters[4] += ad
-    return np.int64(check >> u64(1))
+    return 0
 
 
 class Limit:
