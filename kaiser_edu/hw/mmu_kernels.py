@@ -310,6 +310,10 @@ def run_trace(ops, addrs, args, pool, ht, ht_bits, direct, regs, tlb, geom, tsta
        so the same stamp means the same rights bits; and the control registers the check
        reads (CR0.WP, CR4.SMEP/SMAP/PKE, PKRU) can change only by ops that void the whole
        memo (they bump its generation), as a global fill does.
+    9. *After a fill*, the general code leaves the state an L1 hit on the new entry would
+       leave (1 for the next op, and the memo of 3): the entry is usable, the only one for
+       its lookup (nothing is filled while one exists), and its set's most recently used
+       way; the access just succeeded through it, with D set if it wrote.
     """
     n = ops.shape[0]
     cr0 = regs[R_CR0]
@@ -690,6 +694,8 @@ def run_trace(ops, addrs, args, pool, ht, ht_bits, direct, regs, tlb, geom, tsta
                                     memo[slot, 3] = tlb[0, hit]
                                     memo[slot, 4] = U0  # no verdict yet (8)
                     n_fill = 0  # TLB levels to fill, from L1: none, L1 (after an L2 hit), or both
+                    l1_victim = U0
+                    size_mask = PAGE_MASK_LOW
                     tag = U0
                     stamp = clock
                     data = U0
@@ -869,10 +875,25 @@ def run_trace(ops, addrs, args, pool, ht, ht_bits, direct, regs, tlb, geom, tsta
                             tlb[3, victim] = clock
                             if lvl == 0:
                                 sizes_l1 |= U1 << (tag & U3)
+                                l1_victim = victim
                             else:
                                 sizes_l2 |= U1 << (tag & U3)
                         if n_fill > 0 and (tag & u64(8)) != U0:
                             gen += U1  # a global entry may now shadow a memoised one
+                        if n_fill > 0:  # 9: the new L1 entry, as an L1 hit on it would leave it
+                            prev_vpn = vpn4
+                            prev_row = l1_victim
+                            prev_op = np.int64(op)
+                            prev_arg = np.int64(arg)
+                            prev_base = pa & ~size_mask
+                            prev_mask = size_mask
+                            prev_size = size_code
+                            if key != U0:
+                                memo[slot, 0] = key
+                                memo[slot, 1] = l1_victim
+                                memo[slot, 2] = gen
+                                memo[slot, 3] = tag
+                                memo[slot, 4] = U0
                     if outcome == OUT_PF:
                         n_pf += 1
                         if tlb_on:  # a #PF drops the faulting page's entries (SDM 4.10.4.1)
