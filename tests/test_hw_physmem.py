@@ -271,3 +271,59 @@ def test_allocator_constructor_refusals():
         FrameAllocator(PhysMem(), ram_bytes=1 << 20)
     with pytest.raises(KaiserEduError, match="exceeds the 36-bit physical space"):
         FrameAllocator(PhysMem(maxphyaddr=36), ram_bytes=128 << 30)
+
+
+# --- the direct pfn -> slot array and the pool's reservation -------------------------------
+def test_direct_array_names_every_near_frame_and_only_those():
+    """direct[pfn] = slot + 1 for every written frame below DIRECT_PFNS (what the compiled
+    walk reads first), 0 for the others; frames beyond it are found through the hash."""
+    from kaiser_edu.hw.physmem import DIRECT_PFNS
+
+    mem = PhysMem()
+    near = [0x100, 0x101, 0x5000, 0x12345]
+    far = [DIRECT_PFNS, DIRECT_PFNS + 7, 1 << 39]
+    for i, pfn in enumerate(near + far):
+        mem.write_qword(pfn << 12 | 8, i + 1)
+    for pfn in near:
+        assert int(mem.direct[pfn]) == mem.slot(pfn) + 1
+    assert mem.direct.size <= DIRECT_PFNS
+    assert int(mem.direct[:0x100].sum()) == 0 and int(mem.direct[0x102:0x5000].sum()) == 0
+    for pfn in far:
+        assert pfn >= mem.direct.size and ht_lookup(mem, pfn) == mem.slot(pfn)
+    # and the MMU translates through tables in near and far frames alike
+    for table in (0x5000, DIRECT_PFNS + 7):
+        m = PhysMem()
+        pdpt, pd, pt = (table + 1) << 12, (table + 2) << 12, (table + 3) << 12
+        m.write_qword(table << 12, pdpt | b.PAGE_TABLE)
+        m.write_qword(pdpt, pd | b.PAGE_TABLE)
+        m.write_qword(pd, pt | b.PAGE_TABLE)
+        m.write_qword(pt, 0x777000 | b.PAGE_SHARED)
+        mmu = MMU(m, Registers.long_mode(cr3=table << 12))
+        assert mmu.access(0x123, "read").pa == 0x777123
+
+
+def test_big_pool_moves_once_into_the_reservation_and_stays_small_on_the_host():
+    """Past RESERVE_FROM_FRAMES frames the pool moves (once) into its reservation: the
+    contents survive, growth copies nothing more, host_bytes counts the frames in use
+    (not the reserved address space), and a deep copy holds only those frames."""
+    import copy
+
+    from kaiser_edu.hw.physmem import RESERVE_FRAMES, RESERVE_FROM_FRAMES
+
+    mem = PhysMem(initial_frames=16)
+    n = RESERVE_FROM_FRAMES + 100
+    for i in range(n):
+        mem.write_qword((0x1000 + i) << 12 | (i % 512) << 3, i + 1)
+    assert mem.frames_in_use == n
+    if mem.pool.size == RESERVE_FRAMES * QWORDS_PER_FRAME:  # the host lent the space
+        pool = mem.pool
+        mem.write_qword(0x9_0000 << 12, 5)
+        assert mem.pool is pool  # no copy on the next frame
+        assert mem.host_bytes < (n + 1) * 4096 + (4 << 20)
+    for i in range(0, n, 97):
+        assert mem.read_qword((0x1000 + i) << 12 | (i % 512) << 3) == i + 1
+    clone = copy.deepcopy(mem)
+    assert clone.pool.size == mem.frames_in_use * QWORDS_PER_FRAME
+    assert clone.nonzero_qwords() == mem.nonzero_qwords()
+    clone.write_qword(0x1000 << 12, 99)  # the clone grows on its own
+    assert mem.read_qword(0x1000 << 12) == 1

@@ -322,7 +322,7 @@ class MMU:
         before = self._counters.copy()
         done = k.run_trace(
             trace.op, trace.addr, trace.arg, self.mem.pool, self.mem.ht,
-            np.uint64(self.mem.ht_bits), self._regs, self._tlb, self._geom, self._tstate,
+            np.uint64(self.mem.ht_bits), self.mem.direct, self._regs, self._tlb, self._geom, self._tstate,
             self._pcid_flush, self._counters, *outs, record, stop_on_fault, repeat,
         )
         delta = dict(zip(COUNTER_NAMES, (int(c) for c in self._counters - before)))

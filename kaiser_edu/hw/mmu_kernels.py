@@ -10,6 +10,12 @@ written for speed. Conventions, all of them forced by numba's typing (recipes.md
   helpers that take arrays when they contain loops with early exits, which tripled the cost
   of a TLB miss. Helpers that take arrays serve only cold paths (faults, INVLPG, INVPCID);
   the two TLB levels share one loop instead of two copies of the code;
+* the common access runs through a short specialised path in front of the general code
+  (run_trace's docstring, 7): measured against the minimal exact kernel of
+  :mod:`kaiser_edu.perf.limit` (``kaiser-edu bench``), every instruction on the path of a
+  TLB miss counts, because fewer of them let the CPU overlap one access's cache miss on the
+  leaf entry with the next access's work. The general code stays the definition; the short
+  path gives up, before changing anything, whenever it is not sure;
 * array subscripts in the hot loop are unsigned: numba adds a negative-index fix-up to every
   signed subscript it cannot prove non-negative (about 10% of the instructions of a TLB miss);
 * nothing here allocates: state lives in arrays owned by :class:`kaiser_edu.hw.mmu.MMU`.
@@ -197,9 +203,33 @@ def _canonical(va, vabits, top_ones):
     return top == U0 or top == top_ones  # noqa: SIM109 (two compares, no tuple, in numba)
 
 
+@njit(inline="always")
+def _tlb_data(base, pkey, user_page, writable, nx, leaf):
+    """A TLB entry's data word (see the module doc): the page frame and the rights the
+    walk combined over the levels, the leaf's D bit and protection key."""
+    data = base | (pkey << u64(4))
+    if user_page:
+        data |= u64(1)
+    if writable:
+        data |= u64(2)
+    if nx:
+        data |= u64(4)
+    if (leaf & DIRTY) != U0:
+        data |= u64(8)
+    return data
+
+
+@njit(inline="always")
+def _memo_slot(vpn4, pcid):
+    """The page -> way memo's slot for a 4 KiB page under a PCID: folded, so pages 1 MiB or
+    1 GiB apart (entry text, handlers) and one page's kernel and user PCIDs (PTI: | 0x800)
+    use different slots."""
+    return (vpn4 ^ (vpn4 >> u64(8)) ^ (vpn4 >> u64(18)) ^ (pcid >> u64(4))) & u64(MEMO_SLOTS - 1)
+
+
 @njit(cache=True)
-def run_trace(ops, addrs, args, pool, ht, ht_bits, regs, tlb, geom, tstate, pcid_flush,
-              counters, out_outcome, out_error, out_pa, out_size, out_tlb, record,
+def run_trace(ops, addrs, args, pool, ht, ht_bits, direct, regs, tlb, geom, tstate,
+              pcid_flush, counters, out_outcome, out_error, out_pa, out_size, out_tlb, record,
               stop_on_fault, repeat):
     """Execute a trace of ops ``repeat`` times against the MMU state; returns how many
     ops ran (with ``record``, the out_* arrays describe the last repetition).
@@ -209,24 +239,81 @@ def run_trace(ops, addrs, args, pool, ht, ht_bits, regs, tlb, geom, tstate, pcid
                in bits 11:0 and the type in bits 13:12.
     With ``record`` the per-op results go to the out_* arrays (outcome, #PF error code,
     physical address, page size code, and where it was translated: 0 walk, 1 L1, 2 L2).
+    ``pool``, ``ht`` and ``direct`` are :class:`~kaiser_edu.hw.physmem.PhysMem`'s frames,
+    hash table and direct pfn -> slot array.
 
-    Fast paths for L1 hits, both exact. An access to the same 4 KiB page as the op just
-    before it, when that op was an L1 hit, reuses its way: nothing can have changed in
-    between, and the way is already its set's most recently used, so even the LRU update
-    may be skipped; if it is also the same kind of access (op, CPL, AC), the previous op's
-    verdict and frame are reused without a rights check (a successful write left D set, so
-    no dirty assist can be due). Otherwise a direct-mapped memo from 4 KiB page to the L1 way that last
-    translated it lets an L1 hit skip the set search. Its key is the page *and the current
-    PCID*. It is checked on use (the way must still hold a usable entry for this page and
-    PCID: flushes, invalidations and evictions all fail that check), and it returns the way
-    the search would as long as no second usable entry for the lookup can have appeared
-    since. Two usable entries for one lookup are a global entry plus the current PCID's
-    own, and nothing is filled for a page that already has a usable entry; so under one
-    PCID a second entry appears only by a global fill, and every global fill voids the whole
-    memo (rare: kernel pages under PGE, once per page between flushes). A memo made under
-    another PCID is not used: there a global entry may have been found first while this
-    PCID's own entry, then unusable, sits earlier in the set. CR3 writes and the other ops
-    leave the memo alone.
+    Every shortcut below gives the results, counters and state of the plain rules (the
+    TLB probed L1 then L2, every size class, every entry's flush stamp checked; a walk
+    filling both levels with the first unusable way or else the least recently used one),
+    and the property tests hold it to :class:`~kaiser_edu.hw.tlb.ReferenceMMU`, which
+    implements only the plain rules. Why each is exact:
+
+    1. *Same page, again* (L1 hits). An access to the same 4 KiB page as the op just
+       before it, when that op was an L1 hit, reuses its way: nothing can have changed in
+       between, and the way is already its set's most recently used, so even the LRU update
+       may be skipped (the order of last uses within the set is the same). If it is also
+       the same kind of access (op, CPL, AC), the previous op's verdict and frame are reused
+       without a rights check (a successful write left D set, so no dirty assist can be
+       due).
+    2. *Same-page runs*. The same access (op, CPL, AC) to the same page, op after op, is
+       consumed by a tight inner loop doing what 1. does for each: the clock advances by
+       one per op, the counters by one L1 hit and one access per op, and only the
+       physical address (frame | offset) is computed. A page that stays the same keeps the
+       address canonical, and such a hit cannot fault.
+    3. *Page -> way memo* (L1 hits). A direct-mapped memo from 4 KiB page to the L1 way
+       that last translated it lets an L1 hit skip the set search. Its key is the page
+       *and the current PCID*. It is checked on use (the way must still hold a usable entry
+       for this page and PCID: flushes, invalidations and evictions all fail that check),
+       and it returns the way the search would as long as no second usable entry for the
+       lookup can have appeared since. Two usable entries for one lookup are a global entry
+       plus the current PCID's own, and nothing is filled for a page that already has a
+       usable entry; so under one PCID a second entry appears only by a global fill, and
+       every global fill voids the whole memo (rare: kernel pages under PGE, once per page
+       between flushes). A memo made under another PCID is not used: there a global entry
+       may have been found first while this PCID's own entry, then unusable, sits earlier
+       in the set. CR3 writes and the other ops leave the memo alone.
+    4. *4 KiB-only probe*. While neither level may hold a 2 MiB or 1 GiB entry (the
+       per-level size masks: a size bit is set by every fill of that size and cleared only
+       by a flush of everything, after which no older entry is usable), the probe looks up
+       one tag per set, without the loop over size classes. Same ways, same order, same
+       stamp checks: the same way is found.
+    5. *LRU-only victim search*. The plain fill takes the first way holding nothing
+       usable, else the least recently used way. While no flush or invalidation of any kind
+       has happened in this MMU's life (``last_any == 0``), a way holds nothing usable only
+       if it was never filled, and a never-filled way is exactly one whose last use is 0
+       (every fill and every hit writes the clock, which is >= 1). So the first way with
+       the smallest last use (strict ``<``) is the plain rule's victim, and the flush
+       stamps need not be read.
+    6. *Direct frame lookup*. A table read finds its frame's pool slot in ``direct`` (one
+       load; 0 means the frame was never written, which reads as zeros) for pfns it
+       covers, and in the hash table for the others. Both say the same (PhysMem writes
+       both); the walk reads the same qwords either way. Per walk level the last table's
+       pfn and slot are remembered for the call (frames never move and a call writes no
+       new frame), so the upper levels, the same table walk after walk, skip even that.
+    7. *The common access, specialised*. Every access first tries a short path that
+       handles only the common cases: the same page as the op before (1), a memo hit (3)
+       while the TLB may hold stale or large entries, or else, while neither is so
+       (``fast_state``: nothing ever flushed or invalidated, only 4 KiB entries cached, 4
+       paging levels), the probe of 4 and a read-only 4-level walk. The walk accepts only
+       present entries with no reserved bit, no PS bit above the leaf, A already set (D too
+       for a write) and an allowed access: then it writes no memory, and its reads, rights
+       and A/D outcome are those of the general walk. In the probe, the loop over a level's
+       ways also keeps that level's least recently used way (5): if the level misses, no
+       way of it was touched since, so that is the victim its fill takes. Anything else -
+       a fault, a dirty assist, a large page, a table beyond the direct array,
+       a non-canonical address - makes it give up *before changing any state*, and the
+       general code does the op from the start, exactly as if the short path did not exist.
+    8. *A memo slot's last verdict*. A memo hit that was allowed records, in its slot, the
+       stamp of the TLB entry and the access (op, CPL, AC); the next memo hit with the same
+       stamp and access is allowed without the rights check. A stamp names one fill (the
+       clock of the walk that made the entry; an L1 copy of an L2 entry keeps its stamp),
+       so the same stamp means the same rights bits; and the control registers the check
+       reads (CR0.WP, CR4.SMEP/SMAP/PKE, PKRU) can change only by ops that void the whole
+       memo (they bump its generation), as a global fill does.
+    9. *After a fill*, the general code leaves the state an L1 hit on the new entry would
+       leave (1 for the next op, and the memo of 3): the entry is usable, the only one for
+       its lookup (nothing is filled while one exists), and its set's most recently used
+       way; the access just succeeded through it, with D set if it wrote.
     """
     n = ops.shape[0]
     cr0 = regs[R_CR0]
@@ -241,25 +328,23 @@ def run_trace(ops, addrs, args, pool, ht, ht_bits, regs, tlb, geom, tstate, pcid
     if not nxe:
         rsvd_all |= NX  # XD is reserved while EFER.NXE=0
     ht_mask = (U1 << ht_bits) - U1
+    n_direct = u64(direct.shape[0])
     vabits = u64(56) if (cr4 & CR4_LA57) != U0 else u64(47)  # see _canonical()
     top_ones = ~U0 >> vabits
+    top_level = 5 if (cr4 & CR4_LA57) != U0 else 4
     tlb_on = geom[0] != 0
     clock = tstate[T_CLOCK]
     last_all = tstate[T_LAST_ALL]
     last_ng = tstate[T_LAST_NG]
     last_any = tstate[T_LAST_ANY]
-    sizes = np.empty(2, dtype=np.uint64)  # per TLB level: page sizes that may be cached
-    sizes[0] = tstate[T_SIZES_L1]
-    sizes[1] = tstate[T_SIZES_L2]
-    lvl_base = np.empty(2, dtype=np.int64)  # per TLB level: first column, sets, ways
-    lvl_sets = np.empty(2, dtype=np.int64)
-    lvl_ways = np.empty(2, dtype=np.int64)
-    lvl_base[0] = 0
-    lvl_sets[0] = geom[1]
-    lvl_ways[0] = geom[2]
-    lvl_base[1] = geom[1] * geom[2]
-    lvl_sets[1] = geom[3]
-    lvl_ways[1] = geom[4]
+    # The TLB geometry and size masks as scalars (read once here, not per probe or fill).
+    sizes_l1 = tstate[T_SIZES_L1]  # per TLB level: page sizes that may be cached
+    sizes_l2 = tstate[T_SIZES_L2]
+    l1_sets_mask = u64(geom[1] - 1)
+    l1_ways = u64(geom[2])
+    l2_base = u64(geom[1] * geom[2])  # L2's first column
+    l2_sets_mask = u64(geom[3] - 1)
+    l2_ways = u64(geom[4])
     pcide = (cr4 & CR4_PCIDE) != U0
     pcid = cr3 & PCID_MASK if pcide else U0
     thr_g = last_all
@@ -279,18 +364,23 @@ def run_trace(ops, addrs, args, pool, ht, ht_bits, regs, tlb, geom, tstate, pcid
     n_invlpg = 0
     n_invpcid = 0
     n_dirty_assists = 0
-    # pfn -> pool slot of the table each walk level read last (frames never move in the
-    # pool, so this only saves hash lookups; it holds no paging state)
+    # Per walk level: the pfn of the table it read last and that frame's pool slot + 1
+    # (0: never written). Frames never move in the pool and a frame once written stays, so
+    # this holds no paging state; it saves the slot lookup, and because its hit is a
+    # predicted branch, the next level's load need not wait for the entry that points to
+    # its table. Reset per call: the pool may have grown or gained frames in between.
     memo_pfn = np.full(6, ~U0, dtype=np.uint64)
-    memo_slot = np.full(6, -1, dtype=np.int64)
+    memo_frame = np.zeros(6, dtype=np.uint64)
     # Memo: 4 KiB page -> the L1 way that translated it last (see the docstring).
     # One row per slot: the key (4 KiB page << 12 | PCID), the L1 way, the generation, and
     # the tag the way held (a way still holding it holds the same entry).
-    memo = np.zeros((MEMO_SLOTS, 4), dtype=np.uint64)
+    # Columns 4 and 5: the stamp of the entry and the access (op | CPL, AC << 8) of the last
+    # verdict given through this memo slot, which was "allowed" (8 in the docstring).
+    memo = np.zeros((MEMO_SLOTS, 8), dtype=np.uint64)
     memo[:, 0] = ~U0
     gen = U1  # bumped by every global fill: memo entries of older generations are void
     prev_vpn = ~U0  # the page of the previous op, if it was an L1 hit (else ~0)
-    prev_row = np.int64(0)
+    prev_row = U0
     # ... and what that hit was: the op and its argument, and the frame base and offset mask
     prev_op = np.int64(-1)
     prev_arg = np.int64(-1)
@@ -299,12 +389,225 @@ def run_trace(ops, addrs, args, pool, ht, ht_bits, regs, tlb, geom, tstate, pcid
     prev_size = 0
     done = n * repeat
     stopped = False
+    # 4 and 5 apply while this holds; only the general code can end it
+    fast_state = last_any == U0 and (sizes_l1 | sizes_l2) <= U1 and top_level == 4
     for rep in range(repeat):
-        for i in range(n):
+        i = 0
+        while i < n:
+            op = ops[i]
+            if op <= OP_FETCH and tlb_on:
+                # --- 7: the common accesses, specialised, op after op; the first op this
+                # loop cannot finish goes to the general code below, which does it from the
+                # start (see the docstring) ---
+                while True:
+                    va = addrs[i]
+                    arg = args[i]
+                    vpn4 = va >> U12
+                    if vpn4 == prev_vpn and np.int64(op) == prev_op and np.int64(arg) == prev_arg:
+                        # 1 and 2: the same access to the page just used, op after op: find
+                        # the run of the same page, then cut it at the first other access
+                        end = i + 1
+                        while end < n and (addrs[end] >> U12) == vpn4:
+                            end += 1
+                        j = i + 1
+                        while j < end and ops[j] == op and args[j] == arg:
+                            j += 1
+                        if record:
+                            for k in range(i, j):
+                                out_outcome[k] = OUT_OK
+                                out_error[k] = 0
+                                out_pa[k] = prev_base | (addrs[k] & prev_mask)
+                                out_size[k] = prev_size
+                                out_tlb[k] = 1
+                        run = j - i
+                        clock += u64(run)
+                        n_accesses += run
+                        n_l1_hits += run
+                        i = j - 1
+                    else:
+                        now = clock + U1
+                        data = U0
+                        user_access = (arg & 3) == 3
+                        ac = (arg & 4) != 0
+                        key_ng = U0
+                        key_g = U0
+                        tag = U0
+                        stamp = now
+                        hit = ~U0
+                        where = 0
+                        victim1 = U0
+                        victim2 = U0
+                        key = U0  # set by a memo hit (3)
+                        slot = U0
+                        verdict = U0
+                        known_ok = False
+                        if vpn4 == prev_vpn:  # (the page of a translated address: canonical)
+                            hit = prev_row
+                            where = 1
+                        elif not fast_state:  # 3: the memo (a page it knows is canonical)
+                            key = (vpn4 << U12) | pcid
+                            slot = _memo_slot(vpn4, pcid)
+                            if memo[slot, 0] != key or memo[slot, 2] != gen:
+                                break
+                            r = memo[slot, 1]
+                            tag = memo[slot, 3]
+                            if tlb[0, r] != tag or tlb[1, r] <= (thr_g if (tag & u64(8)) != U0 else thr_ng):
+                                break
+                            hit = r
+                            where = 1
+                            verdict = u64(op) | (u64(arg) << u64(8))
+                            known_ok = memo[slot, 4] == tlb[1, r] and memo[slot, 5] == verdict
+                        elif not _canonical(va, vabits, top_ones):
+                            break
+                        else:  # 4: probe, L1 then L2; nothing was ever flushed: stamp != 0
+                            key_ng = (vpn4 << u64(16)) | (pcid << u64(4))
+                            key_g = (vpn4 << u64(16)) | u64(8)
+                            for lvl in range(2):
+                                row = ((vpn4 & l1_sets_mask) * l1_ways if lvl == 0
+                                       else l2_base + (vpn4 & l2_sets_mask) * l2_ways)
+                                victim = row  # 5: meanwhile, the way a fill of this level takes
+                                oldest = now
+                                for r in range(row, row + (l1_ways if lvl == 0 else l2_ways)):
+                                    tag = tlb[0, r]
+                                    if (tag == key_ng or tag == key_g) and tlb[1, r] != U0:  # noqa: SIM109
+                                        hit = r
+                                        break
+                                    lru_r = tlb[3, r]
+                                    older = lru_r < oldest
+                                    victim = r if older else victim
+                                    oldest = lru_r if older else oldest
+                                if lvl == 0:
+                                    victim1 = victim
+                                else:
+                                    victim2 = victim
+                                if hit != ~U0:
+                                    where = lvl + 1
+                                    break
+                        size_mask = PAGE_MASK_LOW
+                        size_code = 0
+                        if hit != ~U0:
+                            data = tlb[2, hit]
+                            if not known_ok:
+                                denied, pk = _rights_fault(op, user_access, ac, (data & U1) != U0,
+                                                           (data & U2) != U0, (data & u64(4)) != U0,
+                                                           (data >> u64(4)) & u64(0xF), cr0, cr4, pkru)
+                                if denied or (op == OP_WRITE and (data & u64(8)) == U0):
+                                    break  # a #PF or a dirty assist: the general code's
+                                if where == 1 and key != U0:  # 8: a memo hit's verdict, kept
+                                    memo[slot, 4] = tlb[1, hit]
+                                    memo[slot, 5] = verdict
+                            if vpn4 == prev_vpn:  # the entry of the op before: its size
+                                size_code = prev_size
+                                size_mask = prev_mask
+                            else:  # (tag: the entry's, from the memo or the probe)
+                                size_code = np.int64(tag & U3)
+                                size_mask = (U1 << u64(12 + 9 * size_code)) - U1
+                                tlb[3, hit] = now
+                            n_fill = 0
+                            if where == 2:  # copied into L1, with the L2 entry's stamp
+                                stamp = tlb[1, hit]
+                                n_fill = 1
+                        else:
+                            # the walk, read-only: anything but present 4 KiB mappings with
+                            # no reserved bit, A (and D for a write) already set and the
+                            # access allowed goes to the general code, which redoes it
+                            table = cr3 & addr_mask
+                            and_bits = ~U0
+                            or_bits = U0
+                            entry = U0
+                            idx = U0
+                            level = 4
+                            ok = True
+                            while level > 0:
+                                entry_pa = table | (((va >> u64(3 + 9 * level)) & U511) << U3)
+                                pfn = entry_pa >> U12
+                                frame = memo_frame[level]
+                                if pfn != memo_pfn[level]:
+                                    if pfn >= n_direct:
+                                        ok = False
+                                        break
+                                    frame = u64(direct[pfn])
+                                    if level > 1:  # (leaf tables change too often to memoise)
+                                        memo_pfn[level] = pfn
+                                        memo_frame[level] = frame
+                                if frame == U0:
+                                    ok = False
+                                    break
+                                idx = (frame - U1) * U512 + ((entry_pa & PAGE_MASK_LOW) >> U3)
+                                entry = pool[idx]
+                                must = P | ACC
+                                if level == 1 and op == OP_WRITE:
+                                    must |= DIRTY
+                                if (entry & must) != must or (entry & (rsvd_all | (PS if level > 1 else U0))) != U0:
+                                    ok = False
+                                    break
+                                and_bits &= entry
+                                or_bits |= entry
+                                table = entry & addr_mask
+                                level -= 1
+                            if not ok:
+                                break
+                            pkey = (entry >> PKEY_SHIFT) & u64(0xF)
+                            user_page = (and_bits & US) != U0
+                            writable = (and_bits & RW) != U0
+                            nx = nxe and (or_bits & NX) != U0
+                            denied, pk = _rights_fault(op, user_access, ac, user_page, writable,
+                                                       nx, pkey, cr0, cr4, pkru)
+                            if denied:
+                                break
+                            data = _tlb_data(table, pkey, user_page, writable, nx, entry)
+                            global_page = (entry & GLOBAL) != U0 and (cr4 & CR4_PGE) != U0
+                            tag = key_g if global_page else key_ng
+                            stamp = now
+                            n_fill = 2
+                            n_walks += 1
+                            n_walk_reads += 4
+                        # 5: fill the first least recently used way, found by the probe (which
+                        # searched every way of the levels it missed; nothing was ever flushed)
+                        for lvl in range(n_fill):
+                            victim = victim1 if lvl == 0 else victim2
+                            tlb[0, victim] = tag
+                            tlb[1, victim] = stamp
+                            tlb[2, victim] = data
+                            tlb[3, victim] = now
+                            if lvl == 0:
+                                hit = victim
+                        if where == 1:
+                            n_l1_hits += 1
+                        elif where == 2:
+                            n_l2_hits += 1
+                        if n_fill > 0:
+                            sizes_l1 |= U1
+                            if n_fill == 2:
+                                sizes_l2 |= U1
+                            if (tag & u64(8)) != U0:
+                                gen += U1  # a global entry may now shadow a memoised one
+                        prev_vpn = vpn4
+                        prev_row = hit
+                        prev_op = np.int64(op)
+                        prev_arg = np.int64(arg)
+                        prev_base = data & ~size_mask
+                        prev_mask = size_mask
+                        prev_size = size_code
+                        clock = now
+                        n_accesses += 1
+                        if record:
+                            out_outcome[i] = OUT_OK
+                            out_error[i] = 0
+                            out_pa[i] = prev_base | (va & prev_mask)
+                            out_size[i] = prev_size
+                            out_tlb[i] = where
+                    i += 1
+                    if i >= n:
+                        break
+                    op = ops[i]
+                    if op > OP_FETCH:
+                        break
+                if i >= n:
+                    break
             clock += U1
             same_page = prev_vpn  # only the op right after an L1 hit may reuse its way
             prev_vpn = ~U0
-            op = ops[i]
             va = addrs[i]
             arg = args[i]
             outcome = OUT_OK
@@ -320,69 +623,92 @@ def run_trace(ops, addrs, args, pool, ht, ht_bits, regs, tlb, geom, tstate, pcid
                     outcome = OUT_GP
                 else:
                     # --- TLB lookup: L1, then L2 (a usable tag for this PCID, or global) ---
-                    hit = np.int64(-1)
-                    repeat = False
+                    hit = ~U0
+                    same_kind = False
+                    vpn4 = va >> U12
                     if tlb_on:
-                        vpn4 = va >> U12
                         key = U0
                         slot = U0
-                        if vpn4 == same_page:  # nothing changed since: the same way, already MRU
+                        if vpn4 == same_page:  # 1: nothing changed since, already MRU
                             hit = prev_row
                             where = 1
                             # the same kind of access (op, CPL, AC) as well: the same verdict
-                            repeat = np.int64(op) == prev_op and np.int64(arg) == prev_arg
-                        else:
+                            same_kind = np.int64(op) == prev_op and np.int64(arg) == prev_arg
+                        else:  # 3: the memo
                             key = (vpn4 << U12) | pcid
-                            # folded, so pages 1 MiB or 1 GiB apart (entry text, handlers) and one
-                            # page's kernel and user PCIDs (PTI: | 0x800) use different slots
-                            slot = (vpn4 ^ (vpn4 >> u64(8)) ^ (vpn4 >> u64(18)) ^ (pcid >> u64(4))) & u64(MEMO_SLOTS - 1)
+                            slot = _memo_slot(vpn4, pcid)
                             if memo[slot, 0] == key and memo[slot, 2] == gen:
                                 r = memo[slot, 1]
                                 tag = memo[slot, 3]
                                 if tlb[0, r] == tag and tlb[1, r] > (thr_g if (tag & u64(8)) != U0 else thr_ng):
-                                    hit = np.int64(r)
+                                    hit = r
                                     where = 1
                                     tlb[3, r] = clock
-                        if hit < 0:
-                            for lvl in range(2):
-                                for s in range(3):
-                                    if (sizes[u64(lvl)] >> u64(s)) & U1 == U0:
-                                        continue
-                                    vpn = va >> u64(12 + 9 * s)
-                                    key_ng = (vpn << u64(16)) | (pcid << u64(4)) | u64(s)
-                                    key_g = (vpn << u64(16)) | u64(8) | u64(s)
-                                    row = lvl_base[u64(lvl)] + np.int64(vpn & u64(lvl_sets[u64(lvl)] - 1)) * lvl_ways[u64(lvl)]
-                                    for r in range(row, row + lvl_ways[u64(lvl)]):
-                                        tag = tlb[0, u64(r)]
-                                        if ((tag == key_ng and tlb[1, u64(r)] > thr_ng)
-                                                or (tag == key_g and tlb[1, u64(r)] > thr_g)):
+                        if hit == ~U0:
+                            if (sizes_l1 | sizes_l2) <= U1:
+                                # 4: only 4 KiB entries may be cached: one tag per set and level
+                                key_ng = (vpn4 << u64(16)) | (pcid << u64(4))
+                                key_g = (vpn4 << u64(16)) | u64(8)
+                                for lvl in range(2):
+                                    row = ((vpn4 & l1_sets_mask) * l1_ways if lvl == 0
+                                           else l2_base + (vpn4 & l2_sets_mask) * l2_ways)
+                                    for r in range(row, row + (l1_ways if lvl == 0 else l2_ways)):
+                                        tag = tlb[0, r]
+                                        if ((tag == key_ng and tlb[1, r] > thr_ng)
+                                                or (tag == key_g and tlb[1, r] > thr_g)):
                                             hit = r
+                                            where = lvl + 1
                                             break
-                                    if hit >= 0:
+                                    if hit != ~U0:
                                         break
-                                if hit >= 0:
-                                    where = lvl + 1
-                                    tlb[3, u64(hit)] = clock
-                                    if lvl == 0:
-                                        memo[slot, 0] = key
-                                        memo[slot, 1] = u64(hit)
-                                        memo[slot, 2] = gen
-                                        memo[slot, 3] = tlb[0, u64(hit)]
-                                    break
+                            else:
+                                for lvl in range(2):
+                                    lvl_sizes = sizes_l1 if lvl == 0 else sizes_l2
+                                    lvl_base = U0 if lvl == 0 else l2_base
+                                    lvl_mask = l1_sets_mask if lvl == 0 else l2_sets_mask
+                                    lvl_ways = l1_ways if lvl == 0 else l2_ways
+                                    for s in range(3):
+                                        if (lvl_sizes >> u64(s)) & U1 == U0:
+                                            continue
+                                        vpn = va >> u64(12 + 9 * s)
+                                        key_ng = (vpn << u64(16)) | (pcid << u64(4)) | u64(s)
+                                        key_g = (vpn << u64(16)) | u64(8) | u64(s)
+                                        row = lvl_base + (vpn & lvl_mask) * lvl_ways
+                                        for r in range(row, row + lvl_ways):
+                                            tag = tlb[0, r]
+                                            if ((tag == key_ng and tlb[1, r] > thr_ng)
+                                                    or (tag == key_g and tlb[1, r] > thr_g)):
+                                                hit = r
+                                                break
+                                        if hit != ~U0:
+                                            break
+                                    if hit != ~U0:
+                                        where = lvl + 1
+                                        break
+                            if hit != ~U0:
+                                tlb[3, hit] = clock
+                                if where == 1:
+                                    memo[slot, 0] = key
+                                    memo[slot, 1] = hit
+                                    memo[slot, 2] = gen
+                                    memo[slot, 3] = tlb[0, hit]
+                                    memo[slot, 4] = U0  # no verdict yet (8)
                     n_fill = 0  # TLB levels to fill, from L1: none, L1 (after an L2 hit), or both
+                    l1_victim = U0
+                    size_mask = PAGE_MASK_LOW
                     tag = U0
                     stamp = clock
                     data = U0
-                    if repeat:
+                    if same_kind:
                         n_l1_hits += 1
                         size_code = prev_size
                         pa = prev_base | (va & prev_mask)
                         prev_vpn = vpn4
-                    elif hit >= 0:
+                    elif hit != ~U0:
                         # Rights come from the TLB entry, not from memory (SDM 4.10.2.2): a
                         # stale read-only entry gives a spurious #PF that drops it (4.10.4.3).
-                        data = tlb[2, u64(hit)]
-                        size_code = np.int64(tlb[0, u64(hit)] & U3)
+                        data = tlb[2, hit]
+                        size_code = np.int64(tlb[0, hit] & U3)
                         size_mask = (U1 << u64(12 + 9 * size_code)) - U1
                         denied, pk = _rights_fault(op, user_access, ac, (data & U1) != U0,
                                                    (data & U2) != U0, (data & u64(4)) != U0,
@@ -397,11 +723,11 @@ def run_trace(ops, addrs, args, pool, ht, ht_bits, regs, tlb, geom, tstate, pcid
                             # A permitted write through an entry cached with D=0: the CPU walks
                             # to set D in memory (SDM 4.8); the clean entries are replaced.
                             n_dirty_assists += 1
-                            hit = np.int64(-1)
-                            for lvl in range(2):
-                                _tlb_invalidate_page(tlb, lvl_base[u64(lvl)], lvl_sets[u64(lvl)],
-                                                     lvl_ways[u64(lvl)], sizes[u64(lvl)], va, pcid,
-                                                     True, True)
+                            hit = ~U0
+                            _tlb_invalidate_page(tlb, 0, np.int64(l1_sets_mask) + 1, np.int64(l1_ways),
+                                                 sizes_l1, va, pcid, True, True)
+                            _tlb_invalidate_page(tlb, np.int64(l2_base), np.int64(l2_sets_mask) + 1,
+                                                 np.int64(l2_ways), sizes_l2, va, pcid, True, True)
                             last_any = clock
                         else:
                             pa = (data & ~size_mask) | (va & size_mask)
@@ -417,46 +743,51 @@ def run_trace(ops, addrs, args, pool, ht, ht_bits, regs, tlb, geom, tstate, pcid
                             else:
                                 n_l2_hits += 1
                                 n_fill = 1  # copy the L2 entry into L1
-                                tag = tlb[0, u64(hit)]
-                                stamp = tlb[1, u64(hit)]
-                    if outcome == OUT_OK and hit < 0:
+                                tag = tlb[0, hit]
+                                stamp = tlb[1, hit]
+                    if outcome == OUT_OK and hit == ~U0:
                         # --- the page walk (walk.py is the readable version of this) ---
                         where = 0
                         n_walks += 1
-                        err = _pf_error_code(op, user_access, cr4, efer)
                         table = cr3 & addr_mask
                         user_page = True
                         writable = True
                         nx = False
                         entry = U0
-                        idx = np.int64(-1)
-                        level = 5 if (cr4 & CR4_LA57) != U0 else 4
+                        idx = U0
+                        level = top_level
                         fault = False
                         while True:
                             shift = u64(12 + 9 * (level - 1))
                             entry_pa = table | (((va >> shift) & U511) << U3)
-                            # physical memory: find the frame's pool slot in the hash table
-                            # (memo: the table this level used last time, usually the same)
+                            # physical memory: the frame's pool slot (6: direct, else hashed)
                             pfn = entry_pa >> U12
-                            if pfn != memo_pfn[u64(level)]:
-                                memo_pfn[u64(level)] = pfn
-                                memo_slot[u64(level)] = -1
-                                h = frame_hash(pfn, ht_bits)
-                                while True:
-                                    key = ht[h * U2]
-                                    if key == pfn + U1:
-                                        memo_slot[u64(level)] = np.int64(ht[h * U2 + U1])
-                                        break
-                                    if key == U0:
-                                        break
-                                    h = (h + U1) & ht_mask
-                            idx = np.int64(-1)
-                            if memo_slot[u64(level)] >= 0:
-                                idx = memo_slot[u64(level)] * 512 + np.int64((entry_pa & PAGE_MASK_LOW) >> U3)
-                            entry = pool[u64(idx)] if idx >= 0 else U0
+                            frame = memo_frame[level]  # pool slot + 1; 0: never written
+                            if pfn != memo_pfn[level]:
+                                frame = U0
+                                if pfn < n_direct:
+                                    frame = u64(direct[pfn])
+                                else:
+                                    h = frame_hash(pfn, ht_bits)
+                                    while True:
+                                        hkey = ht[h * U2]
+                                        if hkey == pfn + U1:
+                                            frame = ht[h * U2 + U1] + U1
+                                            break
+                                        if hkey == U0:
+                                            break
+                                        h = (h + U1) & ht_mask
+                                memo_pfn[level] = pfn
+                                memo_frame[level] = frame
                             n_walk_reads += 1
-                            if (entry & P) == U0:
+                            if frame == U0:
+                                entry = U0
                                 fault = True  # not present: P=0 in the error code
+                                break
+                            idx = (frame - U1) * U512 + ((entry_pa & PAGE_MASK_LOW) >> U3)
+                            entry = pool[idx]
+                            if (entry & P) == U0:
+                                fault = True
                                 break
                             leaf = level == 1 or (level <= 3 and (entry & PS) != U0)
                             bad = rsvd_all
@@ -466,7 +797,7 @@ def run_trace(ops, addrs, args, pool, ht, ht_bits, regs, tlb, geom, tstate, pcid
                                 bad |= ((U1 << shift) - U1) & ~((U1 << U13) - U1)
                             if (entry & bad) != U0:
                                 fault = True
-                                err |= PF_PROT | PF_RSVD
+                                err = PF_PROT | PF_RSVD
                                 break
                             user_page = user_page and (entry & US) != U0
                             writable = writable and (entry & RW) != U0
@@ -474,7 +805,7 @@ def run_trace(ops, addrs, args, pool, ht, ht_bits, regs, tlb, geom, tstate, pcid
                             if leaf:
                                 break
                             if (entry & ACC) == U0:  # a table entry used on the way: set A
-                                pool[u64(idx)] = entry | ACC  # (kept even if a lower level faults)
+                                pool[idx] = entry | ACC  # (kept even if a lower level faults)
                                 n_ad_writes += 1
                             table = entry & addr_mask
                             level -= 1
@@ -484,34 +815,26 @@ def run_trace(ops, addrs, args, pool, ht, ht_bits, regs, tlb, geom, tstate, pcid
                                                        nx, pkey, cr0, cr4, pkru)
                             if denied:
                                 fault = True
-                                err |= PF_PROT
+                                err = PF_PROT
                                 if pk:
                                     err |= PF_PK
                         if fault:
                             outcome = OUT_PF
+                            err |= _pf_error_code(op, user_access, cr4, efer)
                             size_code = 0  # (a dirty assist may have set it from the TLB)
                         else:
-                            err = 0
                             new = entry | ACC
                             if op == OP_WRITE:
                                 new |= DIRTY
                             if new != entry:
-                                pool[u64(idx)] = new
+                                pool[idx] = new
                                 n_ad_writes += 1
                                 entry = new
                             size_code = level - 1
                             size_mask = (U1 << u64(12 + 9 * size_code)) - U1
                             base = entry & addr_mask & ~size_mask
                             pa = base | (va & size_mask)
-                            data = base | (pkey << u64(4))
-                            if user_page:
-                                data |= u64(1)
-                            if writable:
-                                data |= u64(2)
-                            if nx:
-                                data |= u64(4)
-                            if (entry & DIRTY) != U0:
-                                data |= u64(8)
+                            data = _tlb_data(base, pkey, user_page, writable, nx, entry)
                             tag = (va >> u64(12 + 9 * size_code)) << u64(16) | u64(size_code)
                             if (entry & GLOBAL) != U0 and (cr4 & CR4_PGE) != U0:
                                 tag |= u64(8)  # global: matches any PCID, so no PCID in the tag
@@ -521,36 +844,63 @@ def run_trace(ops, addrs, args, pool, ht, ht_bits, regs, tlb, geom, tstate, pcid
                     # --- TLB fill: a free way (nothing usable in it), else the LRU way ---
                     if tlb_on:
                         for lvl in range(n_fill):
-                            row = lvl_base[u64(lvl)] + np.int64((tag >> u64(16)) & u64(lvl_sets[u64(lvl)] - 1)) * lvl_ways[u64(lvl)]
+                            lvl_mask = l1_sets_mask if lvl == 0 else l2_sets_mask
+                            lvl_ways = l1_ways if lvl == 0 else l2_ways
+                            row = (U0 if lvl == 0 else l2_base) + ((tag >> u64(16)) & lvl_mask) * lvl_ways
                             victim = row
                             oldest = clock + U1
-                            for r in range(row, row + lvl_ways[u64(lvl)]):
-                                stamp_r = tlb[1, u64(r)]
-                                if stamp_r <= last_any:  # filled before some flush: check it
-                                    tag_r = tlb[0, u64(r)]
-                                    if (stamp_r == U0 or stamp_r <= last_all or (
-                                            (tag_r & u64(8)) == U0 and (
-                                                stamp_r <= last_ng or stamp_r <= pcid_flush[(tag_r >> u64(4)) & PCID_MASK]))):
-                                        victim = r
-                                        break
-                                lru_r = tlb[3, u64(r)]  # argmin written as selects: no branch
-                                older = lru_r < oldest  # to mispredict on random LRU ages
-                                victim = r if older else victim
-                                oldest = lru_r if older else oldest
-                            tlb[0, u64(victim)] = tag
-                            tlb[1, u64(victim)] = stamp
-                            tlb[2, u64(victim)] = data
-                            tlb[3, u64(victim)] = clock
-                            sizes[u64(lvl)] |= U1 << (tag & U3)
+                            if last_any == U0:  # 5: the first least recently used way
+                                for r in range(row, row + lvl_ways):
+                                    lru_r = tlb[3, r]  # argmin written as selects: no branch
+                                    older = lru_r < oldest  # to mispredict on random LRU ages
+                                    victim = r if older else victim
+                                    oldest = lru_r if older else oldest
+                            else:
+                                for r in range(row, row + lvl_ways):
+                                    stamp_r = tlb[1, r]
+                                    if stamp_r <= last_any:  # filled before some flush: check it
+                                        tag_r = tlb[0, r]
+                                        if (stamp_r == U0 or stamp_r <= last_all or (
+                                                (tag_r & u64(8)) == U0 and (
+                                                    stamp_r <= last_ng or stamp_r <= pcid_flush[(tag_r >> u64(4)) & PCID_MASK]))):
+                                            victim = r
+                                            break
+                                    lru_r = tlb[3, r]
+                                    older = lru_r < oldest
+                                    victim = r if older else victim
+                                    oldest = lru_r if older else oldest
+                            tlb[0, victim] = tag
+                            tlb[1, victim] = stamp
+                            tlb[2, victim] = data
+                            tlb[3, victim] = clock
+                            if lvl == 0:
+                                sizes_l1 |= U1 << (tag & U3)
+                                l1_victim = victim
+                            else:
+                                sizes_l2 |= U1 << (tag & U3)
                         if n_fill > 0 and (tag & u64(8)) != U0:
                             gen += U1  # a global entry may now shadow a memoised one
+                        if n_fill > 0:  # 9: the new L1 entry, as an L1 hit on it would leave it
+                            prev_vpn = vpn4
+                            prev_row = l1_victim
+                            prev_op = np.int64(op)
+                            prev_arg = np.int64(arg)
+                            prev_base = pa & ~size_mask
+                            prev_mask = size_mask
+                            prev_size = size_code
+                            if key != U0:
+                                memo[slot, 0] = key
+                                memo[slot, 1] = l1_victim
+                                memo[slot, 2] = gen
+                                memo[slot, 3] = tag
+                                memo[slot, 4] = U0
                     if outcome == OUT_PF:
                         n_pf += 1
                         if tlb_on:  # a #PF drops the faulting page's entries (SDM 4.10.4.1)
-                            for lvl in range(2):
-                                _tlb_invalidate_page(tlb, lvl_base[u64(lvl)], lvl_sets[u64(lvl)],
-                                                     lvl_ways[u64(lvl)], sizes[u64(lvl)], va, pcid, True,
-                                                     True)
+                            _tlb_invalidate_page(tlb, 0, np.int64(l1_sets_mask) + 1, np.int64(l1_ways),
+                                                 sizes_l1, va, pcid, True, True)
+                            _tlb_invalidate_page(tlb, np.int64(l2_base), np.int64(l2_sets_mask) + 1,
+                                                 np.int64(l2_ways), sizes_l2, va, pcid, True, True)
                             last_any = clock
             else:
                 if op == OP_MOV_CR3:
@@ -572,9 +922,10 @@ def run_trace(ops, addrs, args, pool, ht, ht_bits, regs, tlb, geom, tstate, pcid
                 elif op == OP_INVLPG:
                     n_invlpg += 1
                     if tlb_on and _canonical(va, vabits, top_ones):  # non-canonical: a NOP
-                        for lvl in range(2):
-                            _tlb_invalidate_page(tlb, lvl_base[u64(lvl)], lvl_sets[u64(lvl)], lvl_ways[u64(lvl)],
-                                                 sizes[u64(lvl)], va, pcid, True, True)
+                        _tlb_invalidate_page(tlb, 0, np.int64(l1_sets_mask) + 1, np.int64(l1_ways),
+                                             sizes_l1, va, pcid, True, True)
+                        _tlb_invalidate_page(tlb, np.int64(l2_base), np.int64(l2_sets_mask) + 1,
+                                             np.int64(l2_ways), sizes_l2, va, pcid, True, True)
                 elif op == OP_INVPCID:
                     n_invpcid += 1
                     kind = (arg >> 12) & 3
@@ -585,16 +936,17 @@ def run_trace(ops, addrs, args, pool, ht, ht_bits, regs, tlb, geom, tstate, pcid
                         outcome = OUT_GP
                     elif kind == 0:
                         if tlb_on:
-                            for lvl in range(2):
-                                _tlb_invalidate_page(tlb, lvl_base[u64(lvl)], lvl_sets[u64(lvl)],
-                                                     lvl_ways[u64(lvl)], sizes[u64(lvl)], va, target, False,
-                                                     True)
+                            _tlb_invalidate_page(tlb, 0, np.int64(l1_sets_mask) + 1, np.int64(l1_ways),
+                                                 sizes_l1, va, target, False, True)
+                            _tlb_invalidate_page(tlb, np.int64(l2_base), np.int64(l2_sets_mask) + 1,
+                                                 np.int64(l2_ways), sizes_l2, va, target, False, True)
                     elif kind == 1:
                         pcid_flush[target] = clock
                         n_flushes += 1
                     elif kind == 2:
                         last_all = clock
-                        sizes[:] = U0
+                        sizes_l1 = U0
+                        sizes_l2 = U0
                         n_flushes += 1
                     else:
                         last_ng = clock
@@ -608,7 +960,8 @@ def run_trace(ops, addrs, args, pool, ht, ht_bits, regs, tlb, geom, tstate, pcid
                     else:
                         if (changed & CR4_PGE) != U0 or (pcide and (va & CR4_PCIDE) == U0):
                             last_all = clock  # everything, globals included (SDM 4.10.4.1)
-                            sizes[:] = U0
+                            sizes_l1 = U0
+                            sizes_l2 = U0
                             n_flushes += 1
                         elif (changed & CR4_SMEP) != U0 and (va & CR4_SMEP) != U0:
                             pcid_flush[pcid] = clock
@@ -616,13 +969,16 @@ def run_trace(ops, addrs, args, pool, ht, ht_bits, regs, tlb, geom, tstate, pcid
                         cr4 = va
                         pcide = (cr4 & CR4_PCIDE) != U0
                         pcid = cr3 & PCID_MASK if pcide else U0
+                        gen += U1  # rights may differ now: memoised verdicts are void (8)
                 elif op == OP_WRPKRU:
                     pkru = va & u64(0xFFFFFFFF)
+                    gen += U1  # (8)
                 elif op == OP_MOV_CR0:
                     if (va & CR0_PG) == U0 or (va & CR0_PE) == U0:
                         outcome = OUT_GP  # leaving paging is not simulated
                     else:
                         cr0 = va
+                        gen += U1  # (8)
                 else:
                     outcome = OUT_GP  # unknown op: refused by mmu.py before we get here
                 thr_g = last_all
@@ -640,6 +996,8 @@ def run_trace(ops, addrs, args, pool, ht, ht_bits, regs, tlb, geom, tstate, pcid
                 done = rep * n + i + 1
                 stopped = True
                 break
+            fast_state = last_any == U0 and (sizes_l1 | sizes_l2) <= U1 and top_level == 4
+            i += 1
         if stopped:
             break
     regs[R_CR0] = cr0
@@ -649,8 +1007,8 @@ def run_trace(ops, addrs, args, pool, ht, ht_bits, regs, tlb, geom, tstate, pcid
     tstate[T_CLOCK] = clock
     tstate[T_LAST_ALL] = last_all
     tstate[T_LAST_NG] = last_ng
-    tstate[T_SIZES_L1] = sizes[0]
-    tstate[T_SIZES_L2] = sizes[1]
+    tstate[T_SIZES_L1] = sizes_l1
+    tstate[T_SIZES_L2] = sizes_l2
     tstate[T_LAST_ANY] = last_any
     counters[C_OPS] += done
     counters[C_ACCESSES] += n_accesses

@@ -2,12 +2,30 @@
 
 A machine with 64 GiB of simulated RAM must not cost 64 GiB of host memory, so frames live
 in a compact *pool*: one flat ``uint64`` array holding 512 qwords per frame, in the order the
-frames were first written. A small open-addressing hash table (also a numpy array, so the
-numba kernels can read it) maps a page-frame number to its slot in the pool. A frame that was
-never written reads as zeros, which is also what a freshly zeroed page table looks like: a
-walk that reaches it sees "not present", exactly as on hardware.
+frames were first written. Two indexes map a page-frame number (pfn) to its pool slot, both
+numpy arrays so that the numba kernels can read them:
 
-The pool's memory is what is used: 4 KiB per touched frame plus 16 bytes per hash slot.
+* the *direct array* ``direct[pfn] = slot + 1`` (0: never written) for pfns below
+  :data:`DIRECT_PFNS` (256 GiB of physical address space), which is where the
+  :class:`FrameAllocator` hands frames out. A page walk finds a table's slot with one load
+  instead of a hash probe (which cost a second cache miss per walk on large machines);
+* a small open-addressing hash table for every frame, which the kernels use for pfns
+  beyond the direct array (a test may write anywhere in the 52-bit physical space).
+
+A frame that was never written reads as zeros, which is also what a freshly zeroed page table
+looks like: a walk that reaches it sees "not present", exactly as on hardware.
+
+Host memory stays what is used, and is never held twice. Both the pool and the direct
+array are ``np.zeros`` arrays, which the host allocates lazily (calloc of fresh, untouched
+pages): a page of them costs memory only once written. The direct array grows by
+allocating a larger one and writing only the known slots into it (the zero pages in
+between are never touched). The pool grows by doubling while small; once it passes
+:data:`RESERVE_FROM_FRAMES` frames it moves, once, into a *reservation* of
+:data:`RESERVE_FRAMES` frames of address space, so that a big machine's page tables are not
+copied again at every doubling (which briefly held two copies: a 10-million-page machine
+peaked at 412 MiB). Only the frames in use are copied, and only written frames become
+resident. If the host refuses the reservation (little RAM and strict overcommit), the pool
+keeps doubling.
 """
 
 from __future__ import annotations
@@ -23,6 +41,10 @@ _frame_hash = getattr(frame_hash, "py_func", frame_hash)
 
 QWORDS_PER_FRAME = 512
 _EMPTY = 0  # keys are stored as pfn + 1, so 0 marks an empty hash slot
+DIRECT_PFNS = 1 << 26  # pfns with a direct-array entry: the first 256 GiB of physical space
+DIRECT_MIN = 1 << 12  # the direct array's smallest size (16 KiB)
+RESERVE_FROM_FRAMES = 4096  # a pool growing past 16 MiB moves into the reservation
+RESERVE_FRAMES = 1 << 21  # the reservation: 8 GiB of address space, resident only as written
 
 
 class PhysMem:
@@ -45,6 +67,26 @@ class PhysMem:
         self.ht_bits = 8
         self.ht = np.zeros(2 << self.ht_bits, dtype=np.uint64)  # (pfn+1, slot) pairs
         self._slot_of: dict[int, int] = {}  # the same map, for the Python side
+        self.direct = np.zeros(0, dtype=np.uint32)  # pfn -> slot + 1 (see the module doc)
+        self._reserved = False  # the pool is the big reservation
+
+    def __deepcopy__(self, memo: dict) -> PhysMem:
+        """A copy holding the frames in use (not the reservation's untouched address space)."""
+        new = PhysMem.__new__(PhysMem)
+        memo[id(self)] = new
+        new.__dict__.update(self.__dict__)
+        used = self.frames_in_use * QWORDS_PER_FRAME
+        new.pool = np.zeros(max(used, QWORDS_PER_FRAME), dtype=np.uint64)
+        new.pool[:used] = self.pool[:used]
+        new.ht = self.ht.copy()
+        new.direct = self.direct.copy()
+        new._slot_of = dict(self._slot_of)
+        new._reserved = False
+        return new
+
+    def written_frames(self) -> list[int]:
+        """The pfns of every frame ever written, ascending."""
+        return sorted(self._slot_of)
 
     # --- addressing ------------------------------------------------------------------------
     def _check_pa(self, pa: int, what: str = "physical address") -> None:
@@ -71,16 +113,49 @@ class PhysMem:
         self._check_pa(pfn << b.PAGE_SHIFT, "frame address")
         slot = self.frames_in_use
         if (slot + 1) * QWORDS_PER_FRAME > self.pool.size:
-            grown = np.zeros(self.pool.size * 2, dtype=np.uint64)
-            grown[: self.pool.size] = self.pool
-            self.pool = grown
+            self._grow_pool(slot + 1)
         self.frames_in_use += 1
         self._slot_of[pfn] = slot
         if 2 * len(self._slot_of) > (1 << self.ht_bits):
             self._rehash()
         else:
             self._ht_insert(pfn, slot)
+        if pfn < DIRECT_PFNS:
+            if pfn >= self.direct.size:
+                self._grow_direct(pfn)
+            self.direct[pfn] = slot + 1
         return slot
+
+    def _grow_pool(self, frames: int) -> None:
+        """Room for ``frames`` frames: double, or move into the reservation (module doc);
+        only the frames in use are copied."""
+        capacity = self.pool.size // QWORDS_PER_FRAME
+        new_capacity = max(2 * capacity, frames)
+        grown = None
+        if new_capacity >= RESERVE_FROM_FRAMES and new_capacity <= RESERVE_FRAMES:
+            try:
+                grown = np.zeros(RESERVE_FRAMES * QWORDS_PER_FRAME, dtype=np.uint64)
+                self._reserved = True
+            except MemoryError:  # the host will not lend the address space: keep doubling
+                grown = None
+        if grown is None:
+            grown = np.zeros(new_capacity * QWORDS_PER_FRAME, dtype=np.uint64)
+            self._reserved = False
+        used = self.frames_in_use * QWORDS_PER_FRAME
+        grown[:used] = self.pool[:used]
+        self.pool = grown
+
+    def _grow_direct(self, pfn: int) -> None:
+        """A direct array covering ``pfn``: a fresh lazily-zeroed array in which only the
+        written frames' entries are set (its other pages are never touched)."""
+        size = max(DIRECT_MIN, 2 * self.direct.size)
+        while size <= pfn:
+            size *= 2
+        grown = np.zeros(min(size, DIRECT_PFNS), dtype=np.uint32)
+        for known, slot in self._slot_of.items():
+            if known < grown.size:
+                grown[known] = slot + 1
+        self.direct = grown
 
     def _ht_insert(self, pfn: int, slot: int) -> None:
         mask = (1 << self.ht_bits) - 1
@@ -138,8 +213,13 @@ class PhysMem:
 
     @property
     def host_bytes(self) -> int:
-        """Host memory held by the pool and the hash table."""
-        return self.pool.nbytes + self.ht.nbytes
+        """Host memory held by the pool, the hash table and the direct array (for the
+        reservation and the direct array: the pages that can have been written)."""
+        pool = (self.frames_in_use * QWORDS_PER_FRAME * 8 if self._reserved
+                else self.pool.nbytes)
+        direct_pages = {pfn >> 10 for pfn in self._slot_of if pfn < self.direct.size}
+        direct = min(self.direct.nbytes, len(direct_pages) * 4096)
+        return pool + self.ht.nbytes + direct
 
 
 class FrameAllocator:
