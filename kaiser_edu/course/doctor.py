@@ -103,44 +103,24 @@ def numba_cache_finding() -> Finding:
 
 def jit_finding() -> Finding:
     """Run one access on a tiny machine through the numba MMU kernel, timing the first call
-    (a compile, or a load from the on-disk cache). Required: status error if it fails."""
+    (a compile, or a load from the on-disk cache; :func:`kaiser_edu.hw.jit.load_mmu_kernel`).
+    Required: status error if it fails."""
     try:
-        from numba.core import config
+        from kaiser_edu.hw import jit
 
-        from kaiser_edu.hw import bits
-        from kaiser_edu.hw import mmu_kernels as kernels
-        from kaiser_edu.hw.mmu import MMU
-        from kaiser_edu.hw.pgtable import PageTables
-        from kaiser_edu.hw.physmem import FrameAllocator, PhysMem
-        from kaiser_edu.hw.regs import Registers
-
-        mem = PhysMem()
-        pt = PageTables(mem, FrameAllocator(mem))
-        pt.map(0x400000, 0x5000, flags=bits.PAGE_SHARED)
-        mmu = MMU(mem, Registers.long_mode(cr3=pt.cr3()), tlb=None)
-        dispatcher = kernels.run_trace
-        warm = bool(getattr(dispatcher, "signatures", ()))
         start = time.perf_counter()
-        result = mmu.access(0x400123, "write", cpl=3)
+        status = jit.load_mmu_kernel()
         seconds = time.perf_counter() - start
     except Exception as exc:
         return Finding("numba JIT", ERROR, f"FAILED: {type(exc).__name__}: {exc}",
                        "the simulator's MMU kernel does not run; reinstall with `make venv`")
-    if result.pa != 0x5123:
-        return Finding("numba JIT", ERROR, f"FAILED: wrong translation {result}",
-                       "the compiled MMU kernel gave a wrong answer on a one-page machine")
-    if config.DISABLE_JIT:
+    if not status.ok:
+        return Finding("numba JIT", ERROR, "FAILED: wrong translation",
+                       f"the compiled MMU kernel gave a {status.problem}")
+    if status.how == jit.NO_JIT:
         return Finding("numba JIT", WARN, f"disabled (NUMBA_DISABLE_JIT=1), {seconds:.3f} s",
                        "the kernels run as plain Python: correct, but far too slow for the labs")
-    stats = getattr(dispatcher, "stats", None)
-    hits = sum(stats.cache_hits.values()) if stats else 0
-    if warm:
-        how = "already compiled in this Python process"
-    elif hits:
-        how = "loaded from numba's cache"
-    else:
-        how = "compiled now and saved to the cache: the next start loads it in well under a second"
-    return Finding("numba JIT", OK, f"MMU kernel ready in {seconds:.2f} s", how)
+    return Finding("numba JIT", OK, f"MMU kernel ready in {seconds:.2f} s", status.explanation)
 
 
 # --- the host: Meltdown and KPTI ------------------------------------------------------------

@@ -1,0 +1,56 @@
+"""warm_up(), the first cell of every lesson, and the kernel status it reports."""
+
+from __future__ import annotations
+
+import configparser
+import dataclasses
+import re
+from pathlib import Path
+
+from kaiser_edu.hw import jit
+from kaiser_edu.widgets import warm_up
+from kaiser_edu.widgets.warmup import READY, ready_text, warm_up_text
+
+REPO = Path(__file__).resolve().parents[1]
+LESSONS = sorted((REPO / "notebooks").glob("*.ipynb"))
+
+
+def test_warm_up_says_before_and_after(capsys):
+    warm_up()
+    out = capsys.readouterr().out
+    before, after = out.rstrip("\n").rsplit("\n", 1)
+    assert before == warm_up_text()
+    assert "numba" in before and "2-core laptop" in before
+    assert re.fullmatch(rf"{READY} \d+\.\d s \(.+\)\.", after), after
+    # Called again in the same process: the kernel is already there.
+    warm_up()
+    assert capsys.readouterr().out.rstrip().endswith(f"({jit.HOW[jit.WARM]}).") \
+        or jit.load_mmu_kernel().how == jit.NO_JIT
+
+
+def test_load_mmu_kernel_reports_a_wrong_translation(monkeypatch):
+    from kaiser_edu.hw import mmu
+
+    real = mmu.MMU.access
+
+    def off_by_a_page(self, *args, **kwargs):
+        r = real(self, *args, **kwargs)
+        return dataclasses.replace(r, pa=r.pa + 0x1000)
+
+    monkeypatch.setattr(mmu.MMU, "access", off_by_a_page)
+    status = jit.load_mmu_kernel()
+    assert not status.ok and "0x5123" in status.problem
+
+
+def _sanitize(text: str) -> str:
+    cfg = configparser.ConfigParser()
+    cfg.read(REPO / "tests" / "nbval_sanitize.cfg")
+    for section in cfg.sections():
+        text = re.sub(cfg[section]["regex"], cfg[section]["replace"], text)
+    return text
+
+
+def test_ready_line_is_sanitized_whatever_happened():
+    lines = {_sanitize(ready_text(s, how)) for s, how in
+             [(8.1, jit.HOW[jit.COMPILED]), (0.4, jit.HOW[jit.CACHED]), (0.0, jit.HOW[jit.WARM])]}
+    assert len(lines) == 1, lines
