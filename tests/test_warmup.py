@@ -7,6 +7,9 @@ import dataclasses
 import re
 from pathlib import Path
 
+import nbformat
+import pytest
+
 from kaiser_edu.hw import jit
 from kaiser_edu.widgets import warm_up
 from kaiser_edu.widgets.warmup import READY, ready_text, warm_up_text
@@ -54,3 +57,13 @@ def test_ready_line_is_sanitized_whatever_happened():
     lines = {_sanitize(ready_text(s, how)) for s, how in
              [(8.1, jit.HOW[jit.COMPILED]), (0.4, jit.HOW[jit.CACHED]), (0.0, jit.HOW[jit.WARM])]}
     assert len(lines) == 1, lines
+@pytest.mark.parametrize("path", LESSONS, ids=lambda p: p.stem)
+def test_every_lesson_warms_up_in_its_first_code_cell(path):
+    nb = nbformat.read(str(path), as_version=4)
+    first = next(c for c in nb.cells if c.cell_type == "code")
+    assert "warm_up()" in first.source, (
+        f"{path.name}: the first code cell must call kaiser_edu.widgets.warm_up(), so the "
+        "student is told about the numba compile before waiting for it")
+    text = "".join(o.get("text", "") for o in first.outputs if o.output_type == "stream")
+    assert warm_up_text() in text and READY in text, (
+        f"{path.name}: the first code cell's committed output lacks the warm-up messages")

@@ -56,6 +56,19 @@ def _version(dist: str) -> str | None:
         return None
 
 
+def shown_path(path: str | Path) -> str:
+    """A path as the report shows it: relative to the course checkout when it is inside it
+    (``.venv/bin/python``), else with ``~`` for the home directory. Lesson 00 prints the
+    report, so its committed output must not carry the paths of the machine that ran it."""
+    path = Path(path)
+    for base, prefix in ((Path(__file__).resolve().parents[2], ""), (Path.home(), "~/")):
+        try:
+            return prefix + str(path.relative_to(base))
+        except ValueError:
+            continue
+    return str(path)
+
+
 def software_findings() -> list[Finding]:
     """Versions of the package, Python and the libraries the course needs."""
     from kaiser_edu import __version__
@@ -63,7 +76,7 @@ def software_findings() -> list[Finding]:
     py = platform.python_version()
     findings = [
         Finding("kaiser_edu", OK, __version__),
-        Finding("Python", OK if sys.version_info >= (3, 11) else ERROR, f"{py} ({sys.executable})",
+        Finding("Python", OK if sys.version_info >= (3, 11) else ERROR, f"{py} ({shown_path(sys.executable)})",
                 "" if sys.version_info >= (3, 11) else "the course needs Python 3.11 or newer"),
     ]
     needs = (
@@ -95,9 +108,9 @@ def numba_cache_finding() -> Finding:
     path = Path(where)
     probe = path if path.exists() else path.parent
     if os.access(probe, os.W_OK):
-        return Finding("numba cache", OK, str(path),
+        return Finding("numba cache", OK, shown_path(path),
                        "compiled kernels are saved here and loaded on the next start")
-    return Finding("numba cache", WARN, f"{path} (not writable)",
+    return Finding("numba cache", WARN, f"{shown_path(path)} (not writable)",
                    "numba cannot save compiled kernels: every start compiles them again")
 
 

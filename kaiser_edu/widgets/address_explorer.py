@@ -189,7 +189,7 @@ def address_html(info: AddressInfo, show_map: bool = True) -> str:
                 else "kernel half (Linux: kernel, PGD entries 256-511)")
     else:
         canon = (f"&#10008; <b>not canonical</b>: bits 63:{n + 1} must all equal bit {n} "
-                 f"(= {top_value}); the underlined bits differ. Any access raises "
+                 f"(= {top_value}); the boxed bits (bold, underlined) differ. Any access raises "
                  f"<b>#GP(0)</b>, not #PF, and no page table is read. "
                  f"Sign-extending bit {n} would give <code>{info.canonical_form:#018x}</code>")
         half = "neither half: inside the non-canonical hole"
