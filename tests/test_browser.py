@@ -547,16 +547,16 @@ def test_lesson_in_jupyterlab(lab: Lab, page, lesson: Path) -> None:
 #   constructor); and no quiz option's label overlaps the next one or covers a radio button
 #   (document.elementFromPoint at each radio's centre must be that radio).
 #
-# Long lines of plain printed text (stream output) still wrap wherever JupyterLab breaks them;
-# they are counted and printed (``long stream lines``), not failed: the lessons' tables are
-# the HTML ones above.
+# - printed text: JupyterLab wraps a long line of stream output at any character, so the same
+#   token check runs over every stdout <pre>: a token on two lines is a failure (show such
+#   output as a table, or print it shorter).
 VIEWPORT = {"width": 1366, "height": 800}
 MIN_SHOWN_PT = 9.0
 
 _READABILITY = """() => {
   const panel = window.__kaiserPanel.node;
   const out = {brokenTokens: [], figures: [], images: [], quizOverlaps: [], hiddenRadios: [],
-               code: [], longStreamLines: 0, tables: 0, cells: 0};
+               code: [], longStreamLines: 0, tables: 0, cells: 0, brokenStream: []};
   const lines = (range) => {
     const tops = new Set();
     for (const r of range.getClientRects()) if (r.width > 0.5) tops.add(Math.round(r.top));
@@ -582,11 +582,22 @@ _READABILITY = """() => {
     }
   }
   for (const pre of panel.querySelectorAll('.jp-OutputArea-output[data-mime-type="application/vnd.jupyter.stdout"] pre')) {
-    const range = document.createRange();
-    range.selectNodeContents(pre);
-    const rows = pre.innerText.split('\\n').length;
-    const shown = lines(range);
-    if (shown > rows) out.longStreamLines += shown - rows;
+    const walker = document.createTreeWalker(pre, NodeFilter.SHOW_TEXT);
+    let node;
+    while ((node = walker.nextNode())) {
+      const re = /\\S+/g;
+      let m;
+      while ((m = re.exec(node.data))) {
+        const range = document.createRange();
+        range.setStart(node, m.index);
+        range.setEnd(node, m.index + m[0].length);
+        if (lines(range) > 1) {
+          out.longStreamLines += 1;
+          const start = node.data.lastIndexOf('\\n', m.index) + 1;
+          out.brokenStream.push({token: m[0], line: node.data.slice(start, start + 120)});
+        }
+      }
+    }
   }
   for (const img of panel.querySelectorAll('.jp-OutputArea-output img')) {
     if (!img.offsetParent || !img.naturalWidth) continue;
@@ -643,6 +654,8 @@ def _readability(page, lesson: Path) -> tuple[list[str], dict]:
     seen = page.evaluate(_READABILITY)
     problems = [f"table cell broken inside {b['token']!r}: {b['cell']!r}"
                 for b in seen["brokenTokens"][:10]]
+    problems += [f"printed line broken inside {b['token']!r}: {b['line']!r}"
+                 for b in seen["brokenStream"][:10]]
     sizes = []
     for img in seen["images"]:
         if not img["alt"].strip():
@@ -669,5 +682,5 @@ def _readability(page, lesson: Path) -> tuple[list[str], dict]:
     stats = {"tables": seen["tables"], "table cells": seen["cells"],
              "figures": len(seen["images"]),
              "smallest figure text (pt as shown)": round(min(sizes), 1) if sizes else None,
-             "long stream lines": seen["longStreamLines"]}
+             "printed tokens broken": seen["longStreamLines"]}
     return problems, stats

@@ -12,7 +12,7 @@ import pytest
 
 from kaiser_edu.hw import jit
 from kaiser_edu.widgets import warm_up
-from kaiser_edu.widgets.warmup import READY, ready_text, warm_up_text
+from kaiser_edu.widgets.warmup import READY, WHY, ready_text, warm_up_text
 
 REPO = Path(__file__).resolve().parents[1]
 LESSONS = sorted((REPO / "notebooks").glob("*.ipynb"))
@@ -27,7 +27,7 @@ def test_warm_up_says_before_and_after(capsys):
     assert re.fullmatch(rf"{READY} \d+\.\d s \(.+\)\.", after), after
     # Called again in the same process: the kernel is already there.
     warm_up()
-    assert capsys.readouterr().out.rstrip().endswith(f"({jit.HOW[jit.WARM]}).") \
+    assert capsys.readouterr().out.rstrip().endswith(f"({WHY[jit.WARM]}).") \
         or jit.load_mmu_kernel().how == jit.NO_JIT
 
 
@@ -55,7 +55,7 @@ def _sanitize(text: str) -> str:
 
 def test_ready_line_is_sanitized_whatever_happened():
     lines = {_sanitize(ready_text(s, how)) for s, how in
-             [(8.1, jit.HOW[jit.COMPILED]), (0.4, jit.HOW[jit.CACHED]), (0.0, jit.HOW[jit.WARM])]}
+             [(8.1, jit.COMPILED), (0.4, jit.CACHED), (0.0, jit.WARM), (9.0, jit.NO_JIT)]}
     assert len(lines) == 1, lines
 @pytest.mark.parametrize("path", LESSONS, ids=lambda p: p.stem)
 def test_every_lesson_warms_up_in_its_first_code_cell(path):
@@ -67,3 +67,8 @@ def test_every_lesson_warms_up_in_its_first_code_cell(path):
     text = "".join(o.get("text", "") for o in first.outputs if o.output_type == "stream")
     assert warm_up_text() in text and READY in text, (
         f"{path.name}: the first code cell's committed output lacks the warm-up messages")
+
+
+def test_every_kernel_status_has_words():
+    assert set(WHY) == set(jit.HOW)
+    assert max(len(ready_text(99.9, how)) for how in WHY) <= 100  # one line on a laptop

@@ -25,6 +25,7 @@ is the widget.
 from __future__ import annotations
 
 import re
+import textwrap
 from dataclasses import dataclass
 
 import ipywidgets as widgets
@@ -100,7 +101,9 @@ class AddressInfo:
                 f"  canonical: NO - bits 63:{n + 1} must equal bit {n}; an access raises #GP(0)"
                 f" (sign-extending bit {n} would give {self.canonical_form:#018x})"
             )
-        lines.append(f"  Linux map: {self.region.name} - {self.region.description}")
+        lines.append(textwrap.fill(f"Linux map: {self.region.name} - {self.region.description}",
+                                   96, initial_indent="  ", subsequent_indent="    ",
+                                   break_on_hyphens=False))
         return "\n".join(lines)
 
 

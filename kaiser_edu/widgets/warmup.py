@@ -24,9 +24,10 @@ import time
 from kaiser_edu.errors import KaiserEduError
 
 #: The first run on a computer (empty numba cache), in seconds: importing the simulator and
-#: compiling its kernel took 7.8 s of CPU time (8.1 s wall) in a fresh process with an empty
-#: ``NUMBA_CACHE_DIR`` on the course's 2-core reference machine (a virtualised Xeon), so a
-#: 2-core laptop needs about 10 s, more while other programs keep its cores busy. Rerun:
+#: compiling its kernel took 7.8 s of CPU time (8.1 s wall) in a fresh Python process with an
+#: empty ``NUMBA_CACHE_DIR`` on the course's 2-core reference machine (a virtualised Xeon),
+#: and 10.1-12.6 s of kernel CPU time as the first cell of each lesson in a fresh Jupyter
+#: kernel, so a 2-core laptop waits about 10 s, more while other programs keep it busy. Rerun:
 #: ``rm -rf /tmp/nc && NUMBA_CACHE_DIR=/tmp/nc python -c "from kaiser_edu.widgets import
 #: warm_up; warm_up()"``.
 FIRST_COMPILE_SECONDS = 10
@@ -47,9 +48,16 @@ def warm_up_text() -> str:
     )
 
 
-def ready_text(seconds: float, explanation: str) -> str:
-    """What the student reads after the wait: how long it took, and why."""
-    return f"{READY} {seconds:.1f} s ({explanation})."
+#: Why it took as long as it did, in a few words (the line must fit a laptop's notebook).
+WHY = {"compiled": "compiled now, saved in numba's cache for next time",
+       "cache": "loaded from numba's cache", "warm": "already compiled in this kernel",
+       "nojit": "numba's JIT is off (NUMBA_DISABLE_JIT=1): slow"}
+
+
+def ready_text(seconds: float, how: str) -> str:
+    """What the student reads after the wait: how long it took, and why (``how`` is a
+    :class:`~kaiser_edu.hw.jit.KernelStatus` ``how``)."""
+    return f"{READY} {seconds:.1f} s ({WHY[how]})."
 
 
 def warm_up() -> None:
@@ -73,5 +81,5 @@ def warm_up() -> None:
     if not status.ok:
         raise KaiserEduError(f"the simulator's MMU kernel is broken: {status.problem}; "
                              "run `kaiser-edu doctor` and reinstall with `make venv`")
-    print(ready_text(seconds, status.explanation), flush=True)
+    print(ready_text(seconds, status.how), flush=True)
     sys.stdout.flush()
