@@ -47,7 +47,7 @@ def table_html(columns: Sequence[str], rows: Sequence[Sequence[object]], *,
                     + "</tr>")
     cap = (f"<caption style='text-align:left;font-weight:bold;padding-bottom:2px'>"
            f"{html.escape(caption)}</caption>") if caption else ""
-    tail = "".join(f"<div style='{_CELL}'>{html.escape(n)}</div>" for n in notes)
+    tail = "".join(f"<div style='{_CELL}'>{words_html(n)}</div>" for n in notes)
     return (f"<table class='kaiser-table' style='border-collapse:collapse;margin:0'>{cap}"
             f"<thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>{tail}")
 
