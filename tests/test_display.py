@@ -128,3 +128,46 @@ def test_every_lesson_figure_is_readable_at_laptop_width():
         if not getattr(fig, "alt", "").strip():
             problems.append(f"{name}: no alt text")
     assert not problems, "\n".join(problems)
+
+
+# --- the tables the lessons are built around ---------------------------------------------
+def test_event_log_table_shows_html_and_explains_its_abbreviations():
+    from kaiser_edu.kernel import Kernel
+
+    k = Kernel(isolation="pti", seed=0)
+    task = k.spawn("demo")
+    k.switch_to(task)
+    k.events.clear()
+    k.syscall(task)
+    k.interrupt(task, from_kernel=True)
+    table = k.events.table()
+    lines = table.splitlines()
+    assert lines[0].split()[:3] == ["seq", "kind", "CPL"] and len(lines) == 2 + 4
+    # an interrupt during a syscall does not read like one from user mode
+    assert "during a system call" in lines[-1] and "during a system call" not in lines[2]
+    html = table._repr_html_()
+    assert html.count("<tr") == 1 + 4
+    assert "nf = NOFLUSH" in html and "FL = a flushing write" in html
+    assert "<span style='white-space:nowrap'>(K/2:</span>" in html  # notes keep K/2 whole
+
+
+def test_walkthrough_table_and_the_replayed_fault():
+    from kaiser_edu.kernel.walkthrough import REPLAY_LABEL, walkthrough
+
+    w = walkthrough("syscall", "pti", breakage="forget SWITCH_TO_USER_CR3")
+    faults = [s for s in w.steps if s.fault]
+    assert [s.replay for s in faults] == [False, True]
+    assert faults[1].label == REPLAY_LABEL and faults[1].cells()[4].startswith("the same fault")
+    table = w.table(len(w.steps) - 2)
+    assert len(table.splitlines()) == 3 and table.splitlines()[-1].startswith("=> killed")
+    assert table._repr_html_().count("<tr") == 1 + 2
+
+
+def test_linux_map_keeps_the_marked_row_in_view():
+    from kaiser_edu.widgets.linux_map import linux_map, linux_map_html
+
+    html = linux_map_html(4, highlight=0xFFFF_FFFF_FF60_0000, window=2)  # vsyscall
+    assert html.count("&#9654;") == 1 and "more regions above" in html
+    assert html.count("<tr") == 1 + 1 + 5  # header, "more above", the window of 2 + 1 + 2
+    assert "more region" not in linux_map_html(4)  # nothing marked: the whole map
+    assert linux_map_html(4).count("<tr") == 1 + len(linux_map(4))
