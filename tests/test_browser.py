@@ -562,42 +562,37 @@ _READABILITY = """() => {
     for (const r of range.getClientRects()) if (r.width > 0.5) tops.add(Math.round(r.top));
     return tops.size;
   };
+  // Call found(token, text node, offset) for every whitespace-separated token under root
+  // that the browser laid out on more than one line.
+  const brokenTokens = (root, found) => {
+    const walker = document.createTreeWalker(root, NodeFilter.SHOW_TEXT);
+    let node;
+    while ((node = walker.nextNode())) {
+      const re = /\\S+/g;
+      let m;
+      while ((m = re.exec(node.data))) {
+        const range = document.createRange();
+        range.setStart(node, m.index);
+        range.setEnd(node, m.index + m[0].length);
+        if (lines(range) > 1) found(m[0], node, m.index);
+      }
+    }
+  };
   const cells = panel.querySelectorAll('.jp-OutputArea-output td, .jp-OutputArea-output th');
   out.tables = panel.querySelectorAll('.jp-OutputArea-output table').length;
   out.cells = cells.length;
   for (const cell of cells) {
     if (!cell.offsetParent) continue;  // not displayed
-    const walker = document.createTreeWalker(cell, NodeFilter.SHOW_TEXT);
-    let node;
-    while ((node = walker.nextNode())) {
-      const re = /\\S+/g;
-      let m;
-      while ((m = re.exec(node.data))) {
-        const range = document.createRange();
-        range.setStart(node, m.index);
-        range.setEnd(node, m.index + m[0].length);
-        if (lines(range) > 1)
-          out.brokenTokens.push({token: m[0], cell: cell.innerText.slice(0, 120)});
-      }
-    }
+    brokenTokens(cell, (token) =>
+      out.brokenTokens.push({token, cell: cell.innerText.slice(0, 120)}));
   }
-  for (const pre of panel.querySelectorAll('.jp-OutputArea-output[data-mime-type="application/vnd.jupyter.stdout"] pre')) {
-    const walker = document.createTreeWalker(pre, NodeFilter.SHOW_TEXT);
-    let node;
-    while ((node = walker.nextNode())) {
-      const re = /\\S+/g;
-      let m;
-      while ((m = re.exec(node.data))) {
-        const range = document.createRange();
-        range.setStart(node, m.index);
-        range.setEnd(node, m.index + m[0].length);
-        if (lines(range) > 1) {
-          out.longStreamLines += 1;
-          const start = node.data.lastIndexOf('\\n', m.index) + 1;
-          out.brokenStream.push({token: m[0], line: node.data.slice(start, start + 120)});
-        }
-      }
-    }
+  const stdout = '.jp-OutputArea-output[data-mime-type="application/vnd.jupyter.stdout"] pre';
+  for (const pre of panel.querySelectorAll(stdout)) {
+    brokenTokens(pre, (token, node, at) => {
+      out.longStreamLines += 1;
+      const start = node.data.lastIndexOf('\\n', at) + 1;
+      out.brokenStream.push({token, line: node.data.slice(start, start + 120)});
+    });
   }
   for (const img of panel.querySelectorAll('.jp-OutputArea-output img')) {
     if (!img.offsetParent || !img.naturalWidth) continue;
