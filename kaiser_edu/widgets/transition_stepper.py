@@ -60,6 +60,8 @@ def _tlb_text(census: tuple[tuple[str, int], ...]) -> str:
 
 
 def _step_result(step: Step) -> str:
+    if step.fault and step.replay:
+        return "the same fault: SIGSEGV, the task is killed"
     if step.fault:
         return f"FAULT: {step.fault}"
     if step.op == "mov_cr3":
