@@ -80,3 +80,28 @@ class TextTable(str):
         p.text(str(self))
 
 
+
+
+def text_table(columns: Sequence[str], rows: Sequence[Sequence[object]], *,
+               wrap: Sequence[str] = (), caption: str = "", notes: Sequence[str] = (),
+               right: Sequence[str] = ()) -> TextTable:
+    """A :class:`TextTable` from columns and rows alone: the text is the cells padded to
+    their column's width, two spaces apart (the columns named in ``right`` aligned right,
+    the last column unpadded), then the notes. For a lesson that prints a table of its own
+    (a price list, a comparison) and wants it to read well both ways: as HTML that never
+    breaks a value in JupyterLab, as aligned text in nbval and a terminal.
+    """
+    cells = [[str(v) for v in row] for row in rows]
+    for i, row in enumerate(cells):
+        if len(row) != len(columns):
+            raise KaiserEduError(f"table row {i} has {len(row)} cells for {len(columns)} columns")
+    widths = [max([len(c), *(len(row[j]) for row in cells)]) for j, c in enumerate(columns)]
+
+    def line(values: Sequence[str]) -> str:
+        padded = [v.rjust(w) if c in right else v.ljust(w)
+                  for c, v, w in zip(columns, values, widths, strict=True)]
+        return "  ".join(padded).rstrip()
+
+    text = "\n".join([*([caption] if caption else []), line(list(columns)),
+                      *(line(row) for row in cells), *notes])
+    return TextTable(text, columns, cells, wrap=wrap, caption=caption, notes=notes)
