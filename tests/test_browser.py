@@ -512,6 +512,9 @@ def test_lesson_in_jupyterlab(lab: Lab, page, lesson: Path) -> None:
         errors = callback_errors()
         assert not errors, f"{rel}: error output after operating a {tried[-1]}:\n" + \
             "\n".join(errors)
+        after, _ = _readability(page, lesson)  # the widget's new view, e.g. a stepper's table
+        assert not after, (f"{rel} at {VIEWPORT['width']} px, after operating a {tried[-1]}:\n"
+                           + "\n".join(after))
         print(f"\n{lesson.stem}: {report['code']} code cells; operated a {tried[-1]}; "
               + ", ".join(f"{k} {v:.1f} s" if isinstance(v, float) and k in
                           ("open", "run all", "widget") else f"{k} {v}"
