@@ -512,6 +512,9 @@ def test_lesson_in_jupyterlab(lab: Lab, page, lesson: Path) -> None:
         errors = callback_errors()
         assert not errors, f"{rel}: error output after operating a {tried[-1]}:\n" + \
             "\n".join(errors)
+        after, _ = _readability(page, lesson)  # the widget's new view, e.g. a stepper's table
+        assert not after, (f"{rel} at {VIEWPORT['width']} px, after operating a {tried[-1]}:\n"
+                           + "\n".join(after))
         print(f"\n{lesson.stem}: {report['code']} code cells; operated a {tried[-1]}; "
               + ", ".join(f"{k} {v:.1f} s" if isinstance(v, float) and k in
                           ("open", "run all", "widget") else f"{k} {v}"
@@ -544,8 +547,9 @@ def test_lesson_in_jupyterlab(lab: Lab, page, lesson: Path) -> None:
 #   nothing would check it.
 # - quizzes: no code cell's visible source contains the lesson's answer key (each right
 #   option's text or feedback, from kaiser_edu.widgets.quizzes.lessonNN, or an Option(...)
-#   constructor); and no quiz option's label overlaps the next one or covers a radio button
-#   (document.elementFromPoint at each radio's centre must be that radio).
+#   constructor); and no option of a group of radio buttons (a quiz question) overlaps the
+#   next one or covers a radio button (document.elementFromPoint at each radio's centre
+#   must be that radio or its own label).
 #
 # - printed text: JupyterLab wraps a long line of stream output at any character, so the same
 #   token check runs over every stdout <pre>: a token on two lines is a failure (show such
@@ -602,15 +606,16 @@ _READABILITY = """() => {
                      cut: img.dataset.cutLabels ? parseInt(img.dataset.cutLabels) : null,
                      shown: img.getBoundingClientRect().width, natural: img.naturalWidth});
   }
-  for (const quiz of panel.querySelectorAll('.kaiser-quiz')) {
-    for (const box of quiz.querySelectorAll('.widget-radio-box')) {
+  {  // every group of radio buttons (the quizzes), whatever made it
+    const quiz = panel;
+    for (const box of quiz.querySelectorAll('.jp-OutputArea-output .widget-radio-box')) {
       const labels = Array.from(box.querySelectorAll('label'));
       for (let i = 0; i + 1 < labels.length; i++) {
         const a = labels[i].getBoundingClientRect(), b = labels[i + 1].getBoundingClientRect();
         if (a.bottom > b.top + 1) out.quizOverlaps.push(labels[i].innerText.slice(0, 80));
       }
     }
-    for (const radio of quiz.querySelectorAll('.widget-radio-box input[type=radio]')) {
+    for (const radio of quiz.querySelectorAll('.jp-OutputArea-output .widget-radio-box input[type=radio]')) {
       radio.scrollIntoView({block: 'center'});
       const r = radio.getBoundingClientRect();
       const hit = document.elementFromPoint(r.left + r.width / 2, r.top + r.height / 2);

@@ -43,7 +43,7 @@ from dataclasses import dataclass
 import ipywidgets as widgets
 from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
 
-from kaiser_edu.display.tables import TextTable
+from kaiser_edu.display.tables import TextTable, words_html
 from kaiser_edu.errors import KaiserEduError
 from kaiser_edu.hw import bits as b
 from kaiser_edu.hw.address import canonicalize, table_index
@@ -442,7 +442,7 @@ def pair_html(view: PgdPairView) -> str:
     head = _row(columns + ["next level"], _TH)
     rows = []
     for s in view.shown_slots():
-        cells = [str(s.index), f"<small>{_view.esc(', '.join(s.regions))}</small>",
+        cells = [str(s.index), f"<small>{words_html(', '.join(s.regions))}</small>",
                  _cell(s.kernel_entry)]
         cells += [_cell(s.user_entry)] if view.pair else []
         rows.append(_row(cells + [_sharing_cell(s)]))
@@ -460,10 +460,11 @@ def reachable_html(reach: ReachableKernel) -> str:
     rows = []
     for r in reach.ranges:
         color = _view.OK_COLOR if r.allowed else _view.FAULT_COLOR
-        why = _view.esc(r.allowed) if r.allowed else "<b>not cloned on purpose</b>"
-        rows.append(_row([f"<code>{r.range.start:#018x}-{r.range.end:#018x}</code>",
-                          f"{r.range.size // 1024:,} KiB", _view.esc(r.range.rights()),
-                          _view.esc(r.region), f"{_view.swatch(color)} {why}"]))
+        why = words_html(r.allowed) if r.allowed else "<b>not cloned on purpose</b>"
+        rows.append(_row([f"<code style='white-space:nowrap'>{r.range.start:#018x}-"
+                          f"{r.range.end:#018x}</code>",
+                          f"{r.range.size // 1024:,}&nbsp;KiB", _view.esc(r.range.rights()),
+                          words_html(r.region), f"{_view.swatch(color)} {why}"]))
     head = _row(["range", "size", "rights", "region", "mapped as"], _TH)
     table = (f"<table style='border-collapse:collapse;font-size:90%'>{head}{''.join(rows)}"
              "</table>") if rows else "<div>(nothing)</div>"

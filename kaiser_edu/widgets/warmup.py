@@ -1,11 +1,12 @@
 """The first cell of every lesson: get the simulator ready, and say so.
 
 The first simulation in a fresh Python process needs numba's compiled MMU kernel. On a
-computer that has never run the course, numba compiles it (tens of seconds on a 2-core
-laptop); afterwards it loads it from its on-disk cache in about a second. Without a word,
-a student who pressed "Run All" sees only "Busy" for half a minute. :func:`warm_up` says
-*before* the wait what is happening and how long it can take, and *after* it how long it
-took and why (compiled now, loaded from the cache, or already in this process).
+computer that has never run the course, numba compiles it (about ten seconds on an idle
+2-core laptop, more on a busy one); afterwards it loads it from its on-disk cache in about a
+second. Without a word, a student who pressed "Run All" sees only "Busy" meanwhile.
+:func:`warm_up` says *before* the wait what is happening and how long it can take, and
+*after* it how long it took and why (compiled now, loaded from the cache, or already in this
+process).
 
 The numbers in the message are measured, not guessed: the CPU time of the first call in a
 fresh process with an empty ``NUMBA_CACHE_DIR`` on this course's reference machine (2 cores;
