@@ -242,7 +242,7 @@ def browser(lab: Lab):
 
 @pytest.fixture
 def page(browser):
-    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    context = browser.new_context(viewport=VIEWPORT)  # a laptop: see "what a student reads"
     page = context.new_page()
     page.set_default_timeout(30_000)
     try:
@@ -485,6 +485,10 @@ def test_lesson_in_jupyterlab(lab: Lab, page, lesson: Path) -> None:
         if not page.locator(".jp-NotebookPanel .jp-OutputArea .jupyter-widgets").count():
             pytest.fail(f"{rel}: no widget was displayed after Run All", pytrace=False)
 
+        readability, measured = _readability(page, lesson)  # before any widget is operated
+        assert not readability, f"{rel} at {VIEWPORT['width']} px:\n" + "\n".join(readability)
+        timings.update(measured)
+
         def callback_errors() -> list[str]:
             """Errors since Run All (the cells were checked above): a callback's exception."""
             return _problems(dict(page.evaluate(_CELL_REPORT), errors=[]), page)
@@ -508,8 +512,13 @@ def test_lesson_in_jupyterlab(lab: Lab, page, lesson: Path) -> None:
         errors = callback_errors()
         assert not errors, f"{rel}: error output after operating a {tried[-1]}:\n" + \
             "\n".join(errors)
+        after, _ = _readability(page, lesson)  # the widget's new view, e.g. a stepper's table
+        assert not after, (f"{rel} at {VIEWPORT['width']} px, after operating a {tried[-1]}:\n"
+                           + "\n".join(after))
         print(f"\n{lesson.stem}: {report['code']} code cells; operated a {tried[-1]}; "
-              + ", ".join(f"{k} {v:.1f} s" for k, v in timings.items()))
+              + ", ".join(f"{k} {v:.1f} s" if isinstance(v, float) and k in
+                          ("open", "run all", "widget") else f"{k} {v}"
+                          for k, v in timings.items()))
     finally:
         try:
             page.screenshot(path=str(shot))
@@ -519,3 +528,159 @@ def test_lesson_in_jupyterlab(lab: Lab, page, lesson: Path) -> None:
             lab.shut_down_kernels()
         except (urllib.error.URLError, OSError) as exc:  # do not hide the test's own error
             print(f"could not shut down the kernels after {lesson.stem}: {exc}")
+
+
+# --- what a student reads at laptop width (issue 13) ----------------------------------------
+# The lessons are read at 1366 px, where wide outputs wrap. After Run All (before any widget is
+# operated), _READABILITY measures in the page:
+#
+# - tables: every <td>/<th> in an output area (cell outputs and widget views alike); for each
+#   whitespace-separated token of its text, the line boxes the browser laid it out in
+#   (Range.getClientRects()). A token on two lines is a value broken inside ("CR2=|0x800000",
+#   "not-prese|nt"): a failure.
+# - figures: every <img> in an output area must have alt text (a screen reader's only way
+#   in), and must carry what kaiser_edu.display.figures measured when it drew it: its smallest
+#   font in points at natural size (data-min-font-pt, data-dpi) and how many labels stick
+#   out of the canvas (data-cut-labels). The test computes the size the student sees,
+#   min-font-pt x dpi / 96 x (shown width / natural width), in CSS points, and fails under 9.
+#   An image without those attributes is a figure drawn some other way: a failure, because
+#   nothing would check it.
+# - quizzes: no code cell's visible source contains the lesson's answer key (each right
+#   option's text or feedback, from kaiser_edu.widgets.quizzes.lessonNN, or an Option(...)
+#   constructor); and no option of a group of radio buttons (a quiz question) overlaps the
+#   next one or covers a radio button (document.elementFromPoint at each radio's centre
+#   must be that radio or its own label).
+#
+# - printed text: JupyterLab wraps a long line of stream output at any character, so the same
+#   token check runs over every stdout <pre>: a token on two lines is a failure (show such
+#   output as a table, or print it shorter).
+VIEWPORT = {"width": 1366, "height": 800}
+MIN_SHOWN_PT = 9.0
+
+_READABILITY = """() => {
+  const panel = window.__kaiserPanel.node;
+  const out = {brokenTokens: [], figures: [], images: [], quizOverlaps: [], hiddenRadios: [],
+               code: [], longStreamLines: 0, tables: 0, cells: 0, brokenStream: []};
+  const lines = (range) => {
+    const tops = new Set();
+    for (const r of range.getClientRects()) if (r.width > 0.5) tops.add(Math.round(r.top));
+    return tops.size;
+  };
+  // Call found(token, text node, offset) for every whitespace-separated token under root
+  // that the browser laid out on more than one line.
+  const brokenTokens = (root, found) => {
+    const walker = document.createTreeWalker(root, NodeFilter.SHOW_TEXT);
+    let node;
+    while ((node = walker.nextNode())) {
+      const re = /\\S+/g;
+      let m;
+      while ((m = re.exec(node.data))) {
+        const range = document.createRange();
+        range.setStart(node, m.index);
+        range.setEnd(node, m.index + m[0].length);
+        if (lines(range) > 1) found(m[0], node, m.index);
+      }
+    }
+  };
+  const cells = panel.querySelectorAll('.jp-OutputArea-output td, .jp-OutputArea-output th');
+  out.tables = panel.querySelectorAll('.jp-OutputArea-output table').length;
+  out.cells = cells.length;
+  for (const cell of cells) {
+    if (!cell.offsetParent) continue;  // not displayed
+    brokenTokens(cell, (token) =>
+      out.brokenTokens.push({token, cell: cell.innerText.slice(0, 120)}));
+  }
+  const stdout = '.jp-OutputArea-output[data-mime-type="application/vnd.jupyter.stdout"] pre';
+  for (const pre of panel.querySelectorAll(stdout)) {
+    brokenTokens(pre, (token, node, at) => {
+      out.longStreamLines += 1;
+      const start = node.data.lastIndexOf('\\n', at) + 1;
+      out.brokenStream.push({token, line: node.data.slice(start, start + 120)});
+    });
+  }
+  for (const img of panel.querySelectorAll('.jp-OutputArea-output img')) {
+    if (!img.offsetParent || !img.naturalWidth) continue;
+    out.images.push({alt: img.getAttribute('alt') || '',
+                     minFontPt: img.dataset.minFontPt ? parseFloat(img.dataset.minFontPt) : null,
+                     dpi: img.dataset.dpi ? parseFloat(img.dataset.dpi) : null,
+                     cut: img.dataset.cutLabels ? parseInt(img.dataset.cutLabels) : null,
+                     shown: img.getBoundingClientRect().width, natural: img.naturalWidth});
+  }
+  {  // every group of radio buttons (the quizzes), whatever made it
+    const quiz = panel;
+    for (const box of quiz.querySelectorAll('.jp-OutputArea-output .widget-radio-box')) {
+      const labels = Array.from(box.querySelectorAll('label'));
+      for (let i = 0; i + 1 < labels.length; i++) {
+        const a = labels[i].getBoundingClientRect(), b = labels[i + 1].getBoundingClientRect();
+        if (a.bottom > b.top + 1) out.quizOverlaps.push(labels[i].innerText.slice(0, 80));
+      }
+    }
+    for (const radio of quiz.querySelectorAll('.jp-OutputArea-output .widget-radio-box input[type=radio]')) {
+      radio.scrollIntoView({block: 'center'});
+      const r = radio.getBoundingClientRect();
+      const hit = document.elementFromPoint(r.left + r.width / 2, r.top + r.height / 2);
+      if (hit !== radio && !(hit && hit.contains && hit.contains(radio)) &&
+          !(hit && hit.tagName === 'LABEL' && hit.contains(radio)))
+        out.hiddenRadios.push(radio.parentElement.innerText.slice(0, 80));
+    }
+  }
+  for (const cell of panel.querySelectorAll('.jp-CodeCell')) {
+    if (cell.classList.contains('jp-mod-collapsed')) continue;
+    const input = cell.querySelector('.jp-InputArea .cm-content');
+    const hidden = cell.querySelector('.jp-InputArea') && !cell.querySelector('.jp-InputArea').offsetParent;
+    if (input && !hidden) out.code.push(input.innerText);
+  }
+  return out;
+}"""
+
+
+def _answer_key(lesson: Path) -> list[str]:
+    """The right options' texts (long enough to be unambiguous) and feedback of a lesson."""
+    import importlib
+
+    try:
+        module = importlib.import_module(f"kaiser_edu.widgets.quizzes.lesson{lesson.name[:2]}")
+    except ModuleNotFoundError:
+        return []
+    key = []
+    for question in module.QUESTIONS:
+        right = next(o for o in question.options if o.correct)
+        key += [t for t in (right.text if len(right.text) >= 12 else "", right.feedback) if t]
+    return key
+
+
+def _readability(page, lesson: Path) -> tuple[list[str], dict]:
+    """(problems, measurements) of what the lesson shows after Run All (see above)."""
+    seen = page.evaluate(_READABILITY)
+    problems = [f"table cell broken inside {b['token']!r}: {b['cell']!r}"
+                for b in seen["brokenTokens"][:10]]
+    problems += [f"printed line broken inside {b['token']!r}: {b['line']!r}"
+                 for b in seen["brokenStream"][:10]]
+    sizes = []
+    for img in seen["images"]:
+        if not img["alt"].strip():
+            problems.append(f"figure ({img['natural']} px) without alt text")
+        if img["minFontPt"] is None or img["dpi"] is None:
+            problems.append(f"figure {img['alt'][:60]!r}: no measured text size "
+                            "(not drawn through kaiser_edu.display.figures)")
+            continue
+        shown_pt = img["minFontPt"] * img["dpi"] / 96 * img["shown"] / img["natural"]
+        sizes.append(shown_pt)
+        if shown_pt < MIN_SHOWN_PT - 0.05:
+            problems.append(f"figure {img['alt'][:60]!r}: smallest text {shown_pt:.1f} pt as "
+                            f"shown ({img['shown']:.0f} of {img['natural']} px), under "
+                            f"{MIN_SHOWN_PT} pt")
+        if img["cut"]:
+            problems.append(f"figure {img['alt'][:60]!r}: {img['cut']} labels cut off")
+    problems += [f"quiz option overlaps the next one: {t!r}" for t in seen["quizOverlaps"]]
+    problems += [f"quiz radio button covered: {t!r}" for t in seen["hiddenRadios"]]
+    code = " ".join(" ".join(seen["code"]).split())
+    if "Option(" in code:
+        problems.append("a visible code cell constructs quiz Options (the answer key)")
+    problems += [f"visible code shows a quiz answer: {k[:70]!r}" for k in _answer_key(lesson)
+                 if " ".join(k.split()) in code]
+    stats = {"tables": seen["tables"], "table cells": seen["cells"],
+             "figures": len(seen["images"]),
+             "smallest figure text (pt as shown)": round(min(sizes), 1) if sizes else None,
+             "printed tokens broken": seen["longStreamLines"]}
+    return problems, stats

@@ -105,7 +105,7 @@ def _env() -> dict[str, str]:
 
 def _walk_process(arg: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "kaiser_edu", "walk", arg],
+        [sys.executable, "-m", "kaiser_edu", "walk", "--json", arg],
         input=stdin,
         capture_output=True,
         text=True,
@@ -116,7 +116,7 @@ def _walk_process(arg: str, stdin: str | None = None) -> subprocess.CompletedPro
 
 
 def _walk_in_process(arg: str, capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    status = main(["walk", arg])
+    status = main(["walk", "--json", arg])
     out, err = capsys.readouterr()
     return status, out, err
 
@@ -148,6 +148,32 @@ def test_readme_shows_the_golden_outputs() -> None:
         for name, body in zip(sections[::2], sections[1::2])
     }
     assert shown == GOLDEN
+
+
+def test_default_output_is_a_readable_table(capsys: pytest.CaptureFixture[str]) -> None:
+    """Without --json: each access in words, the error code in hex with its bits, and the
+    A/D bits the walks wrote, old value -> new."""
+    status = main(["walk", str(EXAMPLES / "user_page_4k.json")])
+    out, err = capsys.readouterr()
+    assert (status, err) == (0, "")
+    lines = out.splitlines()
+    assert lines[0].split() == ["#", "access", "result"]
+    assert lines[1].split()[:6] == ["1", "read", "0x7f0000001234", "at", "CPL", "3"]
+    assert "-> 0x5234 (4 KiB page)" in lines[1]
+    assert ("#PF error code 0x15 (P=1 W=0 U=1 RSVD=0 I=1 PK=0): user-mode instruction fetch "
+            "from a present page (protection violation); CR2=0x7f0000001234") in lines[3]
+    assert "#PF error code 0x4 (P=0 W=0 U=1" in lines[4]
+    assert lines[5] == "memory written by the walks (accessed/dirty bits):"
+    assert "  0x4008: 0x8000000000005007 -> 0x8000000000005067" in lines
+
+
+def test_table_names_gp_and_ac(capsys: pytest.CaptureFixture[str]) -> None:
+    main(["walk", str(EXAMPLES / "non_canonical_gp.json")])
+    out = capsys.readouterr().out
+    assert "1  read 0x800000000000 at CPL 3" in out and "#GP(0): the address is not canonical" in out
+    assert out.rstrip().endswith("memory written by the walks: none")
+    main(["walk", str(EXAMPLES / "smep_smap.json")])
+    assert "read 0x401008 at CPL 0, AC=1   -> 0x6008 (4 KiB page)" in capsys.readouterr().out
 
 
 # --- stdin --------------------------------------------------------------------------------

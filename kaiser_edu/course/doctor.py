@@ -59,6 +59,19 @@ def _version(dist: str) -> str | None:
         return None
 
 
+def shown_path(path: str | Path) -> str:
+    """A path as the report shows it: relative to the course checkout when it is inside it
+    (``.venv/bin/python``), else with ``~`` for the home directory. Lesson 00 prints the
+    report, so its committed output must not carry the paths of the machine that ran it."""
+    path = Path(path)
+    for base, prefix in ((Path(__file__).resolve().parents[2], ""), (Path.home(), "~/")):
+        try:
+            return prefix + str(path.relative_to(base))
+        except ValueError:
+            continue
+    return str(path)
+
+
 def software_findings() -> list[Finding]:
     """Versions of the package, Python and the libraries the course needs."""
     from kaiser_edu import __version__
@@ -66,7 +79,7 @@ def software_findings() -> list[Finding]:
     py = platform.python_version()
     findings = [
         Finding("kaiser_edu", OK, __version__),
-        Finding("Python", OK if sys.version_info >= (3, 11) else ERROR, f"{py} ({sys.executable})",
+        Finding("Python", OK if sys.version_info >= (3, 11) else ERROR, f"{py} ({shown_path(sys.executable)})",
                 "" if sys.version_info >= (3, 11) else "the course needs Python 3.11 or newer"),
     ]
     needs = (
@@ -186,17 +199,17 @@ def server_widgets_finding(server: tuple[int, list[str]] | None | bool = True,
     version = widgets_version_of(python) if python else None
     if version is None:
         return Finding(name, INFO, f"cannot tell (server pid {pid})",
-                       f"the server's Python ({python or 'unknown'}) cannot be run from here "
+                       f"the server's Python ({shown_path(python) if python else 'unknown'}) cannot be run from here "
                        "to ask; if widgets show as text such as IntSlider(...), the server's "
                        f"environment needs {WIDGETS_DIST} (pip install ipywidgets there)")
     if not version:
         return Finding(name, WARN, f"{WIDGETS_DIST} missing in the server's environment",
-                       f"the Jupyter server (pid {pid}, {python}) cannot draw widgets: they "
+                       f"the Jupyter server (pid {pid}, {shown_path(python)}) cannot draw widgets: they "
                        f"show as text such as IntSlider(...). Install {WIDGETS_DIST} (it comes "
                        "with ipywidgets) in the server's environment - on a hub, ask its "
                        "admin - and reload the page.")
     return Finding(name, OK, f"{WIDGETS_DIST} {version}",
-                   f"in the environment of the Jupyter server (pid {pid}, {python}): "
+                   f"in the environment of the Jupyter server (pid {pid}, {shown_path(python)}): "
                    "widgets are drawn")
 
 
@@ -249,53 +262,33 @@ def numba_cache_finding(location: tuple[str, str] | None | bool = True) -> Findi
     path = Path(where)
     probe = next((p for p in (path, *path.parents) if p.exists()), path)
     if os.access(probe, os.W_OK):
-        return Finding("numba cache", OK, str(path),
+        return Finding("numba cache", OK, shown_path(path),
                        f"{why}; compiled kernels are saved here and loaded on the next start")
-    return Finding("numba cache", WARN, f"{path} (not writable)",
+    return Finding("numba cache", WARN, f"{shown_path(path)} (not writable)",
                    f"{why}; numba cannot save compiled kernels there, so every start compiles "
                    "them again: set NUMBA_CACHE_DIR to a folder you can write")
 
 
 def jit_finding() -> Finding:
     """Run one access on a tiny machine through the numba MMU kernel, timing the first call
-    (a compile, or a load from the on-disk cache). Required: status error if it fails."""
+    (a compile, or a load from the on-disk cache; :func:`kaiser_edu.hw.jit.load_mmu_kernel`).
+    Required: status error if it fails."""
     try:
-        from numba.core import config
+        from kaiser_edu.hw import jit
 
-        from kaiser_edu.hw import bits
-        from kaiser_edu.hw import mmu_kernels as kernels
-        from kaiser_edu.hw.mmu import MMU
-        from kaiser_edu.hw.pgtable import PageTables
-        from kaiser_edu.hw.physmem import FrameAllocator, PhysMem
-        from kaiser_edu.hw.regs import Registers
-
-        mem = PhysMem()
-        pt = PageTables(mem, FrameAllocator(mem))
-        pt.map(0x400000, 0x5000, flags=bits.PAGE_SHARED)
-        mmu = MMU(mem, Registers.long_mode(cr3=pt.cr3()), tlb=None)
-        dispatcher = kernels.run_trace
-        warm = bool(getattr(dispatcher, "signatures", ()))
         start = time.perf_counter()
-        result = mmu.access(0x400123, "write", cpl=3)
+        status = jit.load_mmu_kernel()
         seconds = time.perf_counter() - start
     except Exception as exc:
         return Finding("numba JIT", ERROR, f"FAILED: {type(exc).__name__}: {exc}",
                        "the simulator's MMU kernel does not run; reinstall with `make venv`")
-    if result.pa != 0x5123:
-        return Finding("numba JIT", ERROR, f"FAILED: wrong translation {result}",
-                       "the compiled MMU kernel gave a wrong answer on a one-page machine")
-    if config.DISABLE_JIT:
+    if not status.ok:
+        return Finding("numba JIT", ERROR, "FAILED: wrong translation",
+                       f"the compiled MMU kernel gave a {status.problem}")
+    if status.how == jit.NO_JIT:
         return Finding("numba JIT", WARN, f"disabled (NUMBA_DISABLE_JIT=1), {seconds:.3f} s",
                        "the kernels run as plain Python: correct, but far too slow for the labs")
-    stats = getattr(dispatcher, "stats", None)
-    hits = sum(stats.cache_hits.values()) if stats else 0
-    if warm:
-        how = "already compiled in this Python process"
-    elif hits:
-        how = "loaded from numba's cache"
-    else:
-        how = "compiled now and saved to the cache: the next start loads it in well under a second"
-    return Finding("numba JIT", OK, f"MMU kernel ready in {seconds:.2f} s", how)
+    return Finding("numba JIT", OK, f"MMU kernel ready in {seconds:.2f} s", status.explanation)
 
 
 # --- the host: Meltdown and KPTI ------------------------------------------------------------

@@ -200,6 +200,13 @@ def describe_error_code(error_code: int) -> str:
     return f"{who} {what} a present page ({why})"
 
 
+def error_code_bits(error_code: int) -> str:
+    """The #PF error code bit by bit (SDM 4.7): ``'P=1 W=1 U=1 RSVD=0 I=0 PK=0'``."""
+    names = (("P", X86_PF_PROT), ("W", X86_PF_WRITE), ("U", X86_PF_USER),
+             ("RSVD", X86_PF_RSVD), ("I", X86_PF_INSTR), ("PK", X86_PF_PK))
+    return " ".join(f"{n}={int(bool(error_code & bit))}" for n, bit in names)
+
+
 def size_name(page_size: int) -> str:
     """'4 KiB', '2 MiB' or '1 GiB'."""
     return {PAGE_SIZE: "4 KiB", PMD_SIZE: "2 MiB", PUD_SIZE: "1 GiB"}[page_size]

@@ -406,12 +406,46 @@ def run_scenario(scenario: Scenario) -> list[dict[str, Any]]:
     return out
 
 
+def result_line(access: Access, result: dict[str, Any]) -> tuple[str, str]:
+    """(the access, its result) in words: the error code in hex with its bits decoded."""
+    what = f"{access.kind} {access.va:#x} at CPL {access.cpl}" + (", AC=1" if access.ac else "")
+    if result["ok"]:
+        return what, f"-> {result['pa']} ({b.size_name(result['page_size'])} page)"
+    if result["fault"] == "GP":
+        return what, "#GP(0): the address is not canonical (no page table is read)"
+    code = result["error_code"]
+    return what, (f"#PF error code {code:#x} ({b.error_code_bits(code)}): "
+                  f"{b.describe_error_code(code)}; CR2={result['cr2']}")
+
+
+def format_table(scenario: Scenario, results: list[dict[str, Any]]) -> str:
+    """The default output of ``kaiser-edu walk``: one numbered line per access saying what
+    it was and what happened, then the page-table qwords whose A/D bits the walks set."""
+    lines = [(f"{n}", *result_line(a, r))
+             for n, (a, r) in enumerate(zip(scenario.accesses, results), 1)]
+    w_n = max([1, *(len(n) for n, _, _ in lines)])
+    w_a = max([len("access"), *(len(a) for _, a, _ in lines)])
+    out = [f"{'#':>{w_n}}  {'access':<{w_a}}  result"]
+    out += [f"{n:>{w_n}}  {a:<{w_a}}  {r}" for n, a, r in lines]
+    changed = results[-1]["memory"]
+    if changed:
+        out.append("memory written by the walks (accessed/dirty bits):")
+        out += [f"  {pa}: {old} -> {new}" for pa, (old, new) in changed.items()]
+    else:
+        out.append("memory written by the walks: none")
+    return "\n".join(out)
+
+
 # --- the subcommand -----------------------------------------------------------------------
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("file", metavar="FILE", help="the scenario (JSON; - reads standard input)")
+    parser.add_argument("--json", action="store_true",
+                        help="one JSON object per access, then the changed memory (for programs)")
     parser.epilog = (
-        "Prints one JSON object per access, then the changed memory. "
-        "The format is documented in kaiser_edu/hw/scenario.py and examples/scenarios/."
+        "Prints a table: each access, its result (the physical address, or the fault with its "
+        "error code in hex and decoded), then the page-table entries whose A/D bits changed. "
+        "--json prints one JSON object per access instead. The format is documented in "
+        "kaiser_edu/hw/scenario.py and examples/scenarios/."
     )
 
 
@@ -421,6 +455,12 @@ def run(args: argparse.Namespace) -> int:
     except KaiserEduError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    for obj in run_scenario(scenario):
-        print(json.dumps(obj))
+    results = run_scenario(scenario)
+    if args.json:
+        for obj in results:
+            print(json.dumps(obj))
+        return 0
+    before = {hex(pa): hex(q) for pa, q in scenario.memory.items()}
+    changed = {pa: (before.get(pa, "0x0"), new) for pa, new in results[-1]["memory"].items()}
+    print(format_table(scenario, [*results[:-1], {"memory": changed}]))
     return 0

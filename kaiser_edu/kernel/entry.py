@@ -44,6 +44,12 @@ from kaiser_edu.kernel.tlbstate import PTI_USER_PGTABLE_MASK
 KERNEL_WORK = 8  # kernel data accesses in a "typical" simple syscall (the benchmark's)
 
 
+#: The detail of the events of an interrupt or NMI that arrives while the task is in a
+#: system call: the path is the syscall entry, the handler at CPL 0, and the syscall's exit,
+#: so without it its log rows would read like an interrupt from user mode.
+DURING_SYSCALL = "arrived during a system call (CPL 0): syscall entry, handler, sysret"
+
+
 class MachineReset(KaiserEduError):
     """The simulated CPU triple-faulted: the machine reset."""
 
@@ -180,10 +186,12 @@ class EntryCode:
             path.add("user", "fetch", task.user_rip, cpl=3)  # the first user instruction
 
     # --- running a path ----------------------------------------------------------------------
-    def _run(self, kind: str, path: _Path, task, first_cpl: int = 3) -> Outcome:
+    def _run(self, kind: str, path: _Path, task, first_cpl: int = 3,
+             detail: str = "") -> Outcome:
         """Execute a path as two logged steps, ``<kind>_entry`` up to the start of the way
         out and ``<kind>_exit`` from there, so the log shows every CR3 switch. A fault ends
-        the path: in user code it is a user #PF, in kernel code the CPU tries to deliver it."""
+        the path: in user code it is a user #PF, in kernel code the CPU tries to deliver it.
+        ``detail`` goes into both events (e.g. that an interrupt hit during a syscall)."""
         if self.halted:
             raise MachineReset(f"the machine is halted: {self.halted}")
         k = self.k
@@ -203,7 +211,7 @@ class EntryCode:
             last = result[result.n_done - 1]
             if last.ok:
                 events.append(k.log(name, cr3_before, cpl_before, cpl_after, result,
-                                    noflush=_noflush(part)))
+                                    noflush=_noflush(part), detail=detail))
                 continue
             label = path.labels[lo + result.n_done - 1]
             k.log(name, cr3_before, cpl_before, 0, result, fault=str(last),
@@ -339,12 +347,12 @@ class EntryCode:
             path.add("irq", "fetch", k.image.symbol("asm_common_interrupt"), cpl=0)
             self._kernel_work(path, task, "common_interrupt", work)
             self._exit_to_user(path, task, "syscall_return_via_sysret", cr3)
-        else:
-            self._hw_entry(path, 0x20, "entry stack", "asm_common_interrupt", task)  # TSS.sp0
-            cr3 = self._switch_to_kernel_cr3(path, cr3)
-            self._push_pt_regs(path, task, "entry")
-            self._kernel_work(path, task, "common_interrupt", work)
-            self._exit_to_user(path, task, "swapgs_restore_regs_and_return_to_usermode", cr3)
+            return self._run("interrupt", path, task, detail=DURING_SYSCALL)
+        self._hw_entry(path, 0x20, "entry stack", "asm_common_interrupt", task)  # TSS.sp0
+        cr3 = self._switch_to_kernel_cr3(path, cr3)
+        self._push_pt_regs(path, task, "entry")
+        self._kernel_work(path, task, "common_interrupt", work)
+        self._exit_to_user(path, task, "swapgs_restore_regs_and_return_to_usermode", cr3)
         return self._run("interrupt", path, task)
 
     def nmi(self, task, from_kernel: bool = False, work: int = 4) -> Outcome:
@@ -378,7 +386,7 @@ class EntryCode:
             # RESTORE_CR3: "KERNEL pages can always resume with NOFLUSH"
             path.add("RESTORE_CR3", "mov_cr3", saved, noflush=k.tlbstate.pcid)
         self._exit_to_user(path, task, "syscall_return_via_sysret", cr3)
-        return self._run("nmi", path, task)
+        return self._run("nmi", path, task, detail=DURING_SYSCALL)
 
     def switch_to(self, task) -> Outcome:
         """schedule() from a timer interrupt: enter the kernel (if user code was running),

@@ -26,6 +26,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
+from kaiser_edu.display.tables import TextTable
 from kaiser_edu.errors import KaiserEduError
 from kaiser_edu.hw.bits import X86_CR3_PCID_MASK, X86_CR3_PCID_NOFLUSH
 from kaiser_edu.kernel.tlbstate import (
@@ -326,8 +327,9 @@ class EventLog:
         """Forget every event; the next one is numbered 0 again."""
         self._events.clear()
 
-    def table(self, last: int | None = None) -> str:
-        """A fixed-width text table (the last ``last`` events if given).
+    def table(self, last: int | None = None) -> TextTable:
+        """A fixed-width text table (the last ``last`` events if given); in a notebook it
+        shows as an HTML table whose values never wrap (:class:`TextTable`).
 
         CR3 columns show the PGD half (K = kernel, U = user) and the PCID; 'nf' marks a MOV
         to CR3 with NOFLUSH (bit 63), 'FL' one without it.
@@ -339,21 +341,37 @@ class EventLog:
         header = (f"{'seq':>4}  {'kind':<{kind_w}} {'CPL':<5} {'CR3 before':<10} "
                   f"{'CR3 after':<10} {'wr':<3} {'flushed':<15} {'miss':>4}  fault / detail")
         lines = [header, "-" * len(header)]
+        rows = []
         for e in events:
             wr = "" if e.noflush is None else ("nf" if e.noflush else "FL")
             note = " ".join(x for x in (f"FAULT {e.fault}" if e.fault else "", e.detail) if x)
+            before = cr3_cell(e.pgd_half_before, e.pcid_before)
+            after = cr3_cell(e.pgd_half_after, e.pcid_after)
             lines.append(
                 f"{e.seq:>4}  {e.kind:<{kind_w}} {e.cpl_before}->{e.cpl_after}  "
-                f"{cr3_cell(e.pgd_half_before, e.pcid_before):<10} "
-                f"{cr3_cell(e.pgd_half_after, e.pcid_after):<10} {wr:<3} {e.flushed:<15} "
+                f"{before:<10} {after:<10} {wr:<3} {e.flushed:<15} "
                 f"{e.tlb_misses:>4}  {note}".rstrip()
             )
+            rows.append([e.seq, e.kind, f"{e.cpl_before}->{e.cpl_after}", before, after, wr,
+                         e.flushed, e.tlb_misses, note])
         if not events:
             lines.append("(no events)")
-        return "\n".join(lines)
+        return TextTable("\n".join(lines), TABLE_COLUMNS, rows, wrap=("fault / detail",),
+                         notes=TABLE_NOTES if events else ("(no events)",))
 
     def __repr__(self) -> str:
         return f"EventLog({len(self._events)} events)"
+
+
+TABLE_COLUMNS = ("seq", "kind", "CPL", "CR3 before", "CR3 after", "wr", "flushed", "miss",
+                 "fault / detail")
+#: What the event table's abbreviations mean (shown under its HTML form).
+TABLE_NOTES = (
+    "CR3: K = kernel PGD, U = user PGD, then the PCID (K/2: kernel PGD, PCID 2).",
+    "wr: the CR3 write of this transition: nf = NOFLUSH (bit 63 set, the PCID's TLB entries "
+    "are kept), FL = a flushing write, empty = CR3 not written.",
+    "flushed: whose TLB entries were dropped; miss: TLB misses (page walks) on the way.",
+)
 
 
 def pgd_half(cr3: int, pgd_pair: bool = True) -> str:

@@ -8,7 +8,8 @@ kernel-coloured stretch in the user lane. Each event is a dot labelled with the 
 PCID after it (K/1 = kernel PGD, PCID 1; U/2049 = user PGD, user PCID of ASID 0); TLB flushes
 are triangles in a row above the lanes (labelled with what was flushed), faults are red crosses with their name in a row below.
 
-Built on :class:`matplotlib.figure.Figure` directly (no pyplot, no global state), with no
+Built on matplotlib's Figure directly (:class:`kaiser_edu.display.figures.Figure`, with alt
+text; no pyplot, no global state), 9 pt text and at most 9.5 inches wide, with no
 randomness, so the same log always gives the same picture.
 
 >>> from kaiser_edu.kernel.events import EventLog
@@ -22,12 +23,13 @@ randomness, so the same log always gives the same picture.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 
 from matplotlib.collections import LineCollection
-from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
+from kaiser_edu.display.figures import MIN_FONT_PT, Figure
 from kaiser_edu.kernel.events import Event, cr3_cell
 
 KERNEL_PGD_COLOR = "#c0392b"  # red-ish: the tables that map all of the kernel
@@ -71,8 +73,10 @@ def timeline_figure(
     """
     evs = list(events)
     n = len(evs)
-    if width is None:
-        width = min(18.0, max(6.5, 1.2 + 0.42 * n))
+    if width is None:  # 9.5 in at most: a laptop's JupyterLab shows it unscaled
+        width = min(9.5, max(6.5, 1.6 + 0.45 * n))
+    # Per-event CR3 labels ("U/2050", about 0.45 in at 9 pt) only while they fit side by side.
+    annotate = annotate and n <= (width - 1.6) / 0.45
     fig = Figure(figsize=(width, 4.2), layout="constrained")
     ax = fig.add_subplot()
     ax.set_title(title)
@@ -91,7 +95,7 @@ def timeline_figure(
         return fig
 
     xs = [e.seq for e in evs]
-    fontsize = 8 if n <= 20 else 6.5
+    fontsize = MIN_FONT_PT
 
     # The CPU's path: horizontal stretches coloured by the PGD in use, vertical transitions.
     path, path_colors, jumps = [], [], []
@@ -128,19 +132,21 @@ def timeline_figure(
     fl = ax.scatter([e.seq for e in flushes], [FLUSH_ROW] * len(flushes), marker="v", s=60,
                     color=FLUSH_COLOR, zorder=4)
     fl.set_gid("flushes")
-    for e in flushes:
-        ax.annotate(_short(e.flushed, 16), (e.seq, FLUSH_ROW), xytext=(-2, 7),
-                    textcoords="offset points", ha="left", va="bottom", rotation=30,
-                    rotation_mode="anchor", fontsize=fontsize - 0.5, color=FLUSH_COLOR)
+    for i, e in enumerate(flushes):  # neighbours alternate heights so labels do not collide
+        ax.annotate(_short(e.flushed, 16), (e.seq, FLUSH_ROW), xytext=(0, 6 + 12 * (i % 2)),
+                    textcoords="offset points", ha="center", va="bottom",
+                    fontsize=fontsize, color=FLUSH_COLOR)
 
     faults = [e for e in evs if e.is_fault]
     fa = ax.scatter([e.seq for e in faults], [_lane(e.cpl_after) for e in faults], marker="X",
                     s=130, color=FAULT_COLOR, edgecolors="black", linewidths=0.6, zorder=6)
     fa.set_gid("faults")
-    for e in faults:
-        label = e.fault or e.kind.replace("_", " ")
-        ax.annotate(_short(label), (e.seq, FAULT_ROW), ha="center", va="center",
-                    fontsize=fontsize - 0.5, color=FAULT_COLOR, rotation=25 if n > 12 else 0)
+    for i, e in enumerate(faults):  # "#PF 0x14", or the kind ("triple fault")
+        code = re.search(r"#PF error code (0x[0-9a-f]+)", e.fault or "")
+        label = f"#PF {code.group(1)}" if code else (e.fault or e.kind.replace("_", " "))
+        ax.annotate(_short(label), (e.seq, FAULT_ROW), xytext=(0, 13 * (i % 2)),
+                    textcoords="offset points", ha="center", va="center",
+                    fontsize=fontsize, color=FAULT_COLOR)
 
     ax.set_xlim(xs[0] - 0.8, xs[-1] + 0.8)
     ticks = [f"{e.seq} {e.kind.replace('_', ' ')}" for e in evs]
@@ -153,8 +159,25 @@ def timeline_figure(
         Line2D([], [], color=FLUSH_COLOR, marker="v", linestyle="none", label="TLB flush"),
         Line2D([], [], color=FAULT_COLOR, marker="X", linestyle="none", label="fault"),
     ]
-    fig.legend(handles=handles, loc="outside lower center", ncols=4, fontsize=8, frameon=False)
+    fig.legend(handles=handles, loc="outside lower center", ncols=4, fontsize=fontsize,
+               frameon=False)
+    fig.alt = _alt_text(evs, title)
     return fig
+
+
+def _alt_text(evs: list, title: str | None) -> str:
+    """The timeline in words, for a screen reader: what happened, in order."""
+    writes = sum(e.cr3_changed for e in evs)
+    flushes = sum(e.did_flush for e in evs)
+    faults = [e for e in evs if e.is_fault]
+    steps = "; ".join(f"{e.seq} {e.kind.replace('_', ' ')} CPL {e.cpl_before} to "
+                      f"{e.cpl_after}, CR3 {cr3_cell(e.pgd_half_after, e.pcid_after)}"
+                      for e in evs[:24])
+    more = f"; and {len(evs) - 24} more" if len(evs) > 24 else ""
+    return (f"Timeline{': ' + title if title else ''}. {len(evs)} kernel transitions between "
+            f"the user-mode and kernel-mode lanes; CR3 changes in {writes}, the TLB is flushed "
+            f"in {flushes}, {len(faults)} fault{'s' if len(faults) != 1 else ''}. "
+            f"Events: {steps}{more}.")
 
 
 __all__ = ["timeline_figure"]

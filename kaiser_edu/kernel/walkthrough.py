@@ -40,6 +40,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from kaiser_edu.display.tables import TextTable
 from kaiser_edu.errors import KaiserEduError
 from kaiser_edu.hw import bits as b
 from kaiser_edu.hw.mmu import COUNTER_NAMES, OP_NAMES, Trace, TraceResult
@@ -118,6 +119,7 @@ class Step:
     tlb_after: tuple[tuple[str, int], ...]
     event: int | None = None
     note: str = ""
+    replay: bool = False  # the #PF handler re-checking the access that just faulted
 
     @property
     def ok(self) -> bool:
@@ -146,6 +148,11 @@ class Step:
         For a MOV to CR3 ``what`` already ends in ", NOFLUSH" when bit 63 is set
         (:func:`~kaiser_edu.kernel.events.decode_cr3`); a write without it is marked
         "flushing write"."""
+        n, label, op, what, result, cr3 = self.cells()
+        return f"{n:<4} {label:<21} {op:<7} {what:<44} {result}  CR3 {cr3}"
+
+    def cells(self) -> tuple[str, str, str, str, str, str]:
+        """The step as table cells: number, label, op, what, result, CR3 half (K or U)."""
         if self.op == "mov_cr3":
             flag = "" if self.noflush else "flushing write "
             result = f"{flag}(TLB lost {self.tlb_lost})"
@@ -154,9 +161,14 @@ class Step:
         else:
             result = "done"
         if self.fault:
-            result = f"FAULT {self.fault}"
-        return (f"#{self.n:<3} {self.label:<21} {self.op:<7} {self.what:<44} "
-                f"{result}  CR3 {cr3_cell(pgd_half(self.cr3_after), None)}")
+            result = "the same fault: SIGSEGV, task killed" if self.replay else \
+                f"FAULT {self.fault}"
+        return (f"#{self.n}", self.label, self.op, self.what, result,
+                cr3_cell(pgd_half(self.cr3_after), None))
+
+
+#: The columns of :meth:`Walkthrough.table` (CR3: the PGD in use after the step, K or U).
+STEP_COLUMNS = ("#", "step", "op", "what", "result", "CR3")
 
 
 @dataclass
@@ -192,11 +204,14 @@ class Walkthrough:
         """The steps that make up one logged event."""
         return [s for s in self.steps if s.event == event.seq]
 
-    def table(self) -> str:
-        """Every step, one line each, then the outcome."""
-        lines = [s.summary() for s in self.steps]
-        lines.append(f"=> {self.detail or self.outcome}")
-        return "\n".join(lines)
+    def table(self, first: int = 0, last: int | None = None) -> TextTable:
+        """Steps ``first`` to ``last`` (all by default), one line each, then the outcome; in
+        a notebook an HTML table whose values never wrap
+        (:class:`~kaiser_edu.display.tables.TextTable`)."""
+        steps = self.steps[first:last]
+        outcome = f"=> {self.detail or self.outcome}"
+        return TextTable("\n".join([*(s.summary() for s in steps), outcome]), STEP_COLUMNS,
+                         [s.cells() for s in steps], wrap=("what", "result"), notes=(outcome,))
 
 
 # --- single-stepping ------------------------------------------------------------------------
@@ -275,8 +290,13 @@ class _Recorder:
                 flushes=raw["flushes"], tlb_before=raw["tlb_before"],
                 tlb_after=raw["tlb_after"], event=owner[j],
             )
-            repeat = bool(out) and out[-1].fault is not None and out[-1].fault == step.fault
-            out.append(_with_note(step, self.k, repeat))
+            if out and out[-1].fault is not None and out[-1].fault == step.fault:
+                # The simulated #PF handler replays the faulting access to decide what to do
+                # (Linux's do_user_addr_fault() decides from the error code and CR2): shown
+                # as the handler's verdict, not as the same fault a second time.
+                out.append(replace(step, label=REPLAY_LABEL, replay=True, note=_KILLED_NOTE))
+                continue
+            out.append(_with_note(step, self.k))
         return out
 
 
@@ -490,11 +510,13 @@ def _name_of(k: Kernel, va: int, task: Task | None) -> str:
 
 
 # --- explaining each step ---------------------------------------------------------------------
-def _with_note(step: Step, k: Kernel, repeat: bool = False) -> Step:
-    if repeat:
-        return replace(step, note=(
-            "The kernel handles the fault like any user fault: it tries the access again, "
-            "it faults again, and the task is killed with SIGSEGV."))
+REPLAY_LABEL = "#PF handler"
+_KILLED_NOTE = ("The kernel handles the fault above like any user fault (do_user_addr_fault() in "
+                "arch/x86/mm/fault.c): the access is checked again, nothing can fix it, so "
+                "the task is killed with SIGSEGV.")
+
+
+def _with_note(step: Step, k: Kernel) -> Step:
     return replace(step, note=explain(step, k.tlbstate.pcid, k.isolation.pgd_pair))
 
 

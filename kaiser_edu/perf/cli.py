@@ -142,7 +142,8 @@ def _write_csv(path: str, rows: list[dict]) -> None:
 def _save(ax, path: str) -> None:
     import matplotlib.pyplot as plt
 
-    ax.figure.tight_layout()
+    if ax.figure.get_layout_engine() is None:  # plots' own figures lay themselves out
+        ax.figure.tight_layout()
     ax.figure.savefig(path, dpi=120)
     plt.close(ax.figure)  # the figure came from pyplot: do not leave it registered there
 

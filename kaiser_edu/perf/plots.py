@@ -1,5 +1,9 @@
 """Figures of the performance lab (matplotlib), shared by ``kaiser-edu perf --plot`` and
-lesson 08. Each function draws on an Axes (a new figure if none is given) and returns it."""
+lesson 08. Each function draws on an Axes and returns it. Given none, it draws on a new
+:class:`kaiser_edu.display.Figure` (no pyplot state; at most 9.5 inches wide, so a laptop's
+JupyterLab shows it unscaled) and gives it alt text that says what the data show, so a
+lesson cell ending in ``plots.fit_bars(fit).figure`` shows the PNG with that alt text. Every
+text is at least 9 pt (:data:`kaiser_edu.display.figures.MIN_FONT_PT`)."""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from kaiser_edu.display.figures import MIN_FONT_PT
 from kaiser_edu.perf.cost import CATEGORIES, CostReport
 
 COLORS = {
@@ -21,15 +26,25 @@ MODE_COLORS = {"off": "#636363", "kaiser": "#d62728", "pti": "#1f77b4",
 def _axes(ax, size=(6.4, 3.6)):
     if ax is not None:
         return ax
-    import matplotlib.pyplot as plt
+    from kaiser_edu.display.figures import Figure
 
-    return plt.subplots(figsize=size)[1]
+    return Figure(figsize=size, layout="constrained").add_subplot()
 
 
-def breakdown_bars(reports: Mapping[str, CostReport], ax=None, skip_user: bool = True):
+def _alt(ax, text: str) -> None:
+    """Alt text for the figure ``ax`` is on (read by :class:`kaiser_edu.display.Figure`)."""
+    ax.figure.alt = text
+
+
+def _per_mode(values: Mapping[str, str]) -> str:
+    return "; ".join(f"{mode} {value}" for mode, value in values.items())
+
+
+def breakdown_bars(reports: Mapping[str, CostReport], ax=None, skip_user: bool = True,
+                   size=(6.4, 3.6)):
     """Stacked bars: cycles per call by category, one bar per mode. ``skip_user`` leaves out
     the user work (the same in every mode) so the kernel's share stays readable."""
-    ax = _axes(ax)
+    ax = _axes(ax, size)
     names = list(reports)
     bottom = np.zeros(len(names))
     for cat in CATEGORIES:
@@ -43,10 +58,15 @@ def breakdown_bars(reports: Mapping[str, CostReport], ax=None, skip_user: bool =
     for i, n in enumerate(names):
         ov = reports[n].overhead
         note = f"{bottom[i]:.0f}" + (f"\n+{ov:.0%}" if ov else "")
-        ax.annotate(note, (i, bottom[i]), ha="center", va="bottom", fontsize=8)
+        ax.annotate(note, (i, bottom[i]), ha="center", va="bottom", fontsize=MIN_FONT_PT)
     ax.set_ylabel("cycles per call" + (" (without user work)" if skip_user else ""))
-    ax.set_ylim(0, bottom.max() * 1.25 if bottom.max() else 1)
-    ax.legend(fontsize=7, loc="upper left", ncol=2)
+    ax.set_ylim(0, bottom.max() * 1.4 if bottom.max() else 1)
+    ax.legend(fontsize=MIN_FONT_PT, loc="upper left", ncol=2)
+    _alt(ax, "Stacked bars: cycles per call by category (TLB, CR3 writes, flushes, entry and "
+         "kernel work)" + (", without the user work" if skip_user else "") + ", per mode: "
+         + _per_mode({n: f"{bottom[i]:.0f}" + (f" (+{reports[n].overhead:.0%})"
+                                                if reports[n].overhead else "")
+                      for i, n in enumerate(names)}) + ".")
     return ax
 
 
@@ -69,11 +89,14 @@ def event_bars(steps: Mapping[str, list], timing, ax=None):
                    edgecolor="white", label=f"{cat.replace('_', ' ')} ({half})")
             bottom += vals
     for i, total in enumerate(bottom):
-        ax.annotate(f"{total:.0f}", (i, total), ha="center", va="bottom", fontsize=8)
+        ax.annotate(f"{total:.0f}", (i, total), ha="center", va="bottom",
+                    fontsize=MIN_FONT_PT)
     ax.set_ylabel("cycles of one system call")
     ax.set_ylim(0, bottom.max() * 1.15)
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    ax.figure.tight_layout()
+    ax.legend(fontsize=MIN_FONT_PT, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    _alt(ax, "Stacked bars: the cycles of one system call per mode, by category, the entry "
+         "half solid and the exit half hatched: "
+         + _per_mode({n: f"{bottom[i]:.0f} cycles" for i, n in enumerate(names)}) + ".")
     return ax
 
 
@@ -92,8 +115,31 @@ def sweep_curves(sweep, mode: str | None = None, ax=None):
     ax.set_ylabel("overhead (%)")
     ax.set_title(f"{mode} on {sweep.cpu}" + (", 2 MiB pages" if sweep.huge else ""))
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(title="working set", fontsize=7, ncol=2)
+    ax.legend(title="working set", fontsize=MIN_FONT_PT, title_fontsize=MIN_FONT_PT, ncol=2)
+    last = 100 * sweep.overhead[m, -1, :]
+    _alt(ax, f"Line chart: the overhead of {mode} in percent against system calls per second "
+         f"(log scale, {sweep.rates[0]:,.0f} to {sweep.rates[-1]:,.0f}), one line per working "
+         f"set ({sweep.working_sets_kib[0]:g} KiB to {sweep.working_sets_kib[-1]:g} KiB); "
+         f"every line climbs with the rate, at the highest rate from {last.min():.1f}% to "
+         f"{last.max():.1f}%.")
     return ax
+
+
+def sweep_figure(sweep, modes: list[str]):
+    """:func:`sweep_curves` for each of ``modes`` side by side, on a log scale from 0.005%
+    to 100%: a :class:`kaiser_edu.display.Figure` with alt text."""
+    from kaiser_edu.display.figures import Figure
+
+    fig = Figure(figsize=(9.4, 4.2), layout="constrained")
+    axes = fig.subplots(1, len(modes), sharey=True, squeeze=False)[0]
+    alts = []
+    for mode, ax in zip(modes, axes, strict=True):
+        sweep_curves(sweep, mode, ax=ax)
+        ax.set_yscale("log")
+        ax.set_ylim(0.005, 100)
+        alts.append(fig.alt)
+    fig.alt = " ".join(alts)
+    return fig
 
 
 def working_set_curves(sweeps: Mapping[str, object], ax=None):
@@ -109,6 +155,13 @@ def working_set_curves(sweeps: Mapping[str, object], ax=None):
     ax.set_title(f"{some.modes[0]} at {some.rates[0]:,.0f} calls/s")
     ax.grid(True, alpha=0.3)
     ax.legend()
+    peaks = {name: (100 * s.overhead[0, 0, :].max(),
+                    s.working_sets_kib[int(np.argmax(s.overhead[0, 0, :]))])
+             for name, s in sweeps.items()}
+    _alt(ax, f"Line chart: the overhead of {some.modes[0]} at {some.rates[0]:,.0f} calls/s "
+         "in percent against the working set (log scale), one line per page size; "
+         + _per_mode({f"{name} pages": f"peak {pct:.1f}% at {kib:g} KiB"
+                      for name, (pct, kib) in peaks.items()}) + ".")
     return ax
 
 
@@ -123,8 +176,12 @@ def fit_bars(the_fit, ax=None):
            color=[MODE_COLORS[m] for m in modes])
     for i, m in enumerate(modes):
         ax.annotate(f"{the_fit.residuals[m]:+.1%}", (i + 0.2, the_fit.model[m] / 1e6),
-                    ha="center", va="bottom", fontsize=8)
+                    ha="center", va="bottom", fontsize=MIN_FONT_PT)
     ax.set_xticks(x, modes)
     ax.set_ylabel("lseek calls per second (M)")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=MIN_FONT_PT)
+    _alt(ax, "Bar chart: Hansen's measured lseek1 rates (grey) against the fitted model, in "
+         "millions of calls per second: " + _per_mode(
+             {m: f"{the_fit.measured[m] / 1e6:.2f} measured, {the_fit.model[m] / 1e6:.2f} "
+                 f"model ({the_fit.residuals[m]:+.1%})" for m in modes}) + ".")
     return ax

@@ -25,6 +25,8 @@ calling ``.click()``.
 - :mod:`~kaiser_edu.widgets.linux_map`: the Linux x86-64 virtual memory map (mm.rst)
 - :mod:`~kaiser_edu.widgets.practice`: practice problems (lesson 02)
 - :mod:`~kaiser_edu.widgets.quiz`: the self-check quiz that ends every lesson
+- :mod:`~kaiser_edu.widgets.warmup`: ``warm_up()``, the first cell of every lesson (the numba
+  compile, announced and timed)
 
 Names are imported lazily (PEP 562), so ``import kaiser_edu.widgets.linux_map`` does not pay
 for ipywidgets, matplotlib or numba.
@@ -75,6 +77,7 @@ _EXPORTS = {
     "cost_point": "cost",
     "Question": "quiz",
     "Option": "quiz",
+    "warm_up": "warmup",
 }
 
 __all__ = sorted(_EXPORTS)

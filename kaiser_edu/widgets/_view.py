@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import base64
 import html as _html
-import io
 from typing import TYPE_CHECKING
 
 import ipywidgets as widgets
+
+from kaiser_edu.display.figures import figure_bundle, figure_png  # noqa: F401 (figure_png: re-exported)
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -47,21 +48,20 @@ OK_COLOR = OKABE_ITO["blue"]  # translated: blue with a check mark
 FAULT_COLOR = OKABE_ITO["vermillion"]  # fault: vermillion with a cross
 
 
-def figure_png(fig: Figure, dpi: int = 100) -> bytes:
-    """Render a matplotlib figure to PNG bytes (Agg, no pyplot state involved)."""
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi)
-    return buf.getvalue()
-
-
-def show(output: widgets.Output, html: str, text: str, png: bytes | None = None) -> None:
-    """Replace what ``output`` shows with one bundle: HTML, plain text and maybe a PNG."""
+def show(output: widgets.Output, html: str, text: str, png: bytes | None = None,
+         alt: str = "", figure: Figure | None = None) -> None:
+    """Replace what ``output`` shows with one bundle: HTML and plain text, then maybe a
+    figure: ``figure`` (a matplotlib Figure, shown with ``alt`` text, see
+    :func:`kaiser_edu.display.figure_bundle`) or ready-made ``png`` bytes."""
     bundles = [{"output_type": "display_data", "metadata": {},
                 "data": {"text/html": html, "text/plain": text}}]
-    if png is not None:
+    if figure is not None:
+        bundles.append({"output_type": "display_data", "metadata": {},
+                        "data": figure_bundle(figure, alt)})
+    elif png is not None:  # no alt text possible in JupyterLab: prefer figure=
         bundles.append({"output_type": "display_data", "metadata": {},
                         "data": {"image/png": base64.b64encode(png).decode("ascii"),
-                                 "text/plain": ""}})
+                                 "text/plain": alt}})
     output.outputs = tuple(bundles)
 
 

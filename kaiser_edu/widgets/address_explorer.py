@@ -25,6 +25,7 @@ is the widget.
 from __future__ import annotations
 
 import re
+import textwrap
 from dataclasses import dataclass
 
 import ipywidgets as widgets
@@ -100,7 +101,9 @@ class AddressInfo:
                 f"  canonical: NO - bits 63:{n + 1} must equal bit {n}; an access raises #GP(0)"
                 f" (sign-extending bit {n} would give {self.canonical_form:#018x})"
             )
-        lines.append(f"  Linux map: {self.region.name} - {self.region.description}")
+        lines.append(textwrap.fill(f"Linux map: {self.region.name} - {self.region.description}",
+                                   96, initial_indent="  ", subsequent_indent="    ",
+                                   break_on_hyphens=False))
         return "\n".join(lines)
 
 
@@ -189,7 +192,7 @@ def address_html(info: AddressInfo, show_map: bool = True) -> str:
                 else "kernel half (Linux: kernel, PGD entries 256-511)")
     else:
         canon = (f"&#10008; <b>not canonical</b>: bits 63:{n + 1} must all equal bit {n} "
-                 f"(= {top_value}); the underlined bits differ. Any access raises "
+                 f"(= {top_value}); the boxed bits (bold, underlined) differ. Any access raises "
                  f"<b>#GP(0)</b>, not #PF, and no page table is read. "
                  f"Sign-extending bit {n} would give <code>{info.canonical_form:#018x}</code>")
         half = "neither half: inside the non-canonical hole"

@@ -69,15 +69,11 @@ def render_text(point: dict) -> str:
 
 
 def cost_figure(point: dict):
-    """Stacked bars of the kernel-side cycles per call, off against PTI."""
-    from matplotlib.figure import Figure
-
+    """Stacked bars of the kernel-side cycles per call, off against PTI, as a
+    :class:`kaiser_edu.display.Figure` with alt text."""
     from kaiser_edu.perf import plots
 
-    fig = Figure(figsize=(5.6, 3.2))
-    plots.breakdown_bars(point["reports"], ax=fig.add_subplot())
-    fig.tight_layout()
-    return fig
+    return plots.breakdown_bars(point["reports"], size=(6.4, 3.6)).figure
 
 
 class CostExplorer(_view.OutputView, widgets.VBox):
@@ -121,7 +117,8 @@ class CostExplorer(_view.OutputView, widgets.VBox):
             return
         text = render_text(self.point)
         html = "<pre style='font-size:85%'>" + _view.esc(text) + "</pre>"
-        _view.show(self.output, html, text, _view.figure_png(cost_figure(self.point)))
+        fig = cost_figure(self.point)
+        _view.show(self.output, html, text, figure=fig, alt=fig.alt)
 
     def __repr__(self) -> str:
         return (f"CostExplorer(rate={self.rate.value:,.0f}, working_set_kib="

@@ -1,10 +1,11 @@
 """The figures of lessons 01-03, as matplotlib Figure objects.
 
-Every function returns a fresh :class:`Figure` and touches no global pyplot state (no
-``plt.figure()``, nothing left open), so a notebook can make as many as it likes. The class
-is matplotlib's own Figure with a ``_repr_png_``: a notebook cell ending in a figure shows
-it as a PNG even when pyplot was never imported (a bare ``matplotlib.figure.Figure`` would
-show as text only), and its text/plain stays ``<Figure size WxH with N Axes>``.
+Every function returns a fresh :class:`kaiser_edu.display.Figure` and touches no global
+pyplot state (no ``plt.figure()``, nothing left open), so a notebook can make as many as it
+likes. The class is matplotlib's own Figure with alt text: a notebook cell ending in a
+figure shows it as a PNG with that alt text even when pyplot was never imported. Every text
+is at least 9 pt (``display.MIN_FONT_PT``) and every figure at most 9.5 inches wide, so a
+laptop's JupyterLab shows it unscaled with readable labels.
 
 Figures that need numbers compute them with the numba MMU through
 :func:`kaiser_edu.widgets.tlb_lab.tlb_experiment`; the computation is also available on its
@@ -22,10 +23,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-import matplotlib.figure
 from matplotlib.patches import FancyArrowPatch, FancyBboxPatch, Rectangle
 from tqdm.auto import tqdm
 
+from kaiser_edu.display.figures import MIN_FONT_PT, Figure
 from kaiser_edu.errors import KaiserEduError
 from kaiser_edu.hw import bits as b
 from kaiser_edu.hw.address import is_canonical
@@ -41,13 +42,6 @@ _CYCLE = [_view.OKABE_ITO[k] for k in ("blue", "orange", "bluish_green", "reddis
 _MARKERS = ["o", "s", "^", "D", "v", "P"]
 
 
-class Figure(matplotlib.figure.Figure):
-    """matplotlib's Figure, plus ``_repr_png_`` so notebooks show it without pyplot."""
-
-    def _repr_png_(self) -> bytes:
-        return _view.figure_png(self)
-
-
 def _progress(total: int, progress: bool | None, desc: str) -> tqdm:
     """tqdm that appears after one second (None), at once (True) or never (False)."""
     return tqdm(total=total, desc=desc, disable=progress is False,
@@ -55,7 +49,12 @@ def _progress(total: int, progress: bool | None, desc: str) -> tqdm:
 
 
 # --- (a) the tree of page tables -----------------------------------------------------------
-_COL_W, _BOX_W, _ROW_H, _TITLE_H, _GAP = 2.1, 1.75, 0.19, 0.26, 0.22
+# Inches. At 9 pt (display.MIN_FONT_PT) a monospace character is 0.075 in wide, so a 1.62 in
+# box holds "[0] P RW A D PS G NX" (20 characters) and a 1.75 in frame box an 18-digit
+# address; four table columns and the frames make a 9.4 in figure, which a laptop's
+# JupyterLab shows unscaled. Arrows run behind the boxes, never through their text.
+_COL_W, _BOX_W, _FRAME_W, _ROW_H, _TITLE_H, _GAP = 1.86, 1.62, 1.75, 0.2, 0.42, 0.2
+_FONT = 9
 
 
 def _short_flags(value: int, level: int, maxphyaddr: int) -> str:
@@ -135,9 +134,9 @@ def page_table_tree(machine: Any, vas: Iterable[int], *, title: str | None = Non
     col_heights = [sum(h for *_, h in items) + _GAP * (len(items) - 1)
                    + (cr3_h if col == 0 else 0) for col, items in columns.items()]
     body_h = max(col_heights) if col_heights else 1.0
-    caption_h = 0.17 * len(captions) + 0.15
+    caption_h = 0.19 * len(captions) + 0.15
     title_h = 0.45
-    width = 0.25 + _COL_W * (levels + 1)
+    width = 0.25 + _COL_W * levels + _FRAME_W
     height = title_h + body_h + caption_h + 0.2
     fig = Figure(figsize=(width, height))
     ax = fig.add_axes((0, 0, 1, 1))
@@ -154,28 +153,28 @@ def page_table_tree(machine: Any, vas: Iterable[int], *, title: str | None = Non
             if kind == "table":
                 level = tables[key]["level"]
                 color = _view.LEVEL_COLORS[level]
-                name = (f"{_TABLE_NAMES[level]} ({b.linux_level_name(level, levels)}) "
+                name = (f"{_TABLE_NAMES[level]} ({b.linux_level_name(level, levels)})\n"
                         f"@ {key:#x}")
                 lines = []
                 for index, value in sorted(tables[key]["rows"].items()):
-                    lines.append((index, f"[{index:3}] {_short_flags(value, level, maxphy)}",
+                    lines.append((index, f"[{index}] {_short_flags(value, level, maxphy)}",
                                   bool(value & b.PAGE_PRESENT)))
             else:
                 base, size = key
                 color = "#DDDDDD"
-                name = f"{b.size_name(size)} frame {base:#x}"
-                lines = [(None, f"<- {va:#x}", True) for va in frames[key]]
-            box = FancyBboxPatch((x, y - h), _BOX_W, h, boxstyle="round,pad=0.02",
-                                 facecolor=color, edgecolor="#333333", linewidth=0.8,
-                                 alpha=0.9, gid=kind)
+                name = f"{b.size_name(size)} frame\n{base:#x}"
+                lines = [(None, f"{va:#x}", True) for va in frames[key]]
+            box = FancyBboxPatch((x, y - h), _BOX_W if kind == "table" else _FRAME_W, h,
+                                 boxstyle="round,pad=0.02", facecolor=color,
+                                 edgecolor="#333333", linewidth=0.8, zorder=2, gid=kind)
             ax.add_patch(box)
-            ax.text(x + 0.06, y - _TITLE_H / 2 - 0.02, name, fontsize=7, fontweight="bold",
-                    va="center", ha="left")
+            ax.text(x + 0.06, y - _TITLE_H / 2 - 0.02, name, fontsize=_FONT, fontweight="bold",
+                    va="center", ha="left", linespacing=1.1)
             anchor[(kind, key)] = (x, y - _TITLE_H / 2)
             for i, (index, text, present) in enumerate(lines):
                 ry = y - _TITLE_H - _ROW_H * (i + 0.5)
-                ax.text(x + 0.08, ry, text if present else f"[{index:3}] not present  x",
-                        fontsize=6.5, family="monospace", va="center", ha="left",
+                ax.text(x + 0.08, ry, text if present else f"[{index}] not present  x",
+                        fontsize=_FONT, family="monospace", va="center", ha="left",
                         style="normal" if present else "italic")
                 if index is not None:
                     row_y[(key, index)] = (x + _BOX_W, ry)
@@ -184,10 +183,10 @@ def page_table_tree(machine: Any, vas: Iterable[int], *, title: str | None = Non
     top = next((t for t, n in tables.items() if n["level"] == levels), None)
     if top is not None:
         x0, y0 = anchor[("table", top)]
-        ax.add_patch(FancyBboxPatch((x0, y0 + _TITLE_H / 2 + 0.18), 0.9, 0.22,
+        ax.add_patch(FancyBboxPatch((x0, y0 + _TITLE_H / 2 + 0.18), 1.3, 0.24,
                                     boxstyle="round,pad=0.02", facecolor="white",
                                     edgecolor="#333333", gid="cr3"))
-        ax.text(x0 + 0.06, y0 + _TITLE_H / 2 + 0.29, f"CR3 = {top:#x}", fontsize=7,
+        ax.text(x0 + 0.06, y0 + _TITLE_H / 2 + 0.30, f"CR3 = {top:#x}", fontsize=_FONT,
                 va="center", family="monospace")
         ax.add_patch(FancyArrowPatch((x0 + 0.45, y0 + _TITLE_H / 2 + 0.18),
                                      (x0 + 0.45, y0 + _TITLE_H / 2 + 0.02),
@@ -197,13 +196,16 @@ def page_table_tree(machine: Any, vas: Iterable[int], *, title: str | None = Non
         end = anchor[(kind, target)]
         ax.add_patch(FancyArrowPatch(start, end, arrowstyle="-|>", mutation_scale=8,
                                      shrinkA=1, shrinkB=1, linewidth=0.8, color="#222222",
-                                     connectionstyle="arc3,rad=0.0", gid="arrow"))
+                                     connectionstyle="arc3,rad=0.0", zorder=1, gid="arrow"))
     ax.text(0.2, height - 0.22, title or f"Page tables translating {len(vas)} address"
             f"{'es' if len(vas) > 1 else ''} ({levels}-level paging)", fontsize=10,
             fontweight="bold", va="center")
     for i, line in enumerate(captions):
-        ax.text(0.2, caption_h - 0.17 * (i + 1), line, fontsize=7, family="monospace",
+        ax.text(0.2, caption_h - 0.19 * (i + 1), line, fontsize=_FONT, family="monospace",
                 va="center")
+    fig.alt = ("Tree of page tables: " + "; ".join(captions) + ". Starting from CR3, each "
+               "box is one table with the entries the walks read, and arrows lead to the "
+               "next table or to the page frame.")
     return fig
 
 
@@ -286,7 +288,12 @@ def miss_rate_vs_working_set(
     ax.set_title(f"TLB miss rate vs working set ({pattern} reads, {accesses} per point, "
                  f"seed {seed})", fontsize=10)
     ax.grid(True, alpha=0.3)
-    ax.legend(title="TLB", fontsize=8, title_fontsize=8, loc="upper left")
+    ax.legend(title="TLB", fontsize=MIN_FONT_PT, title_fontsize=MIN_FONT_PT, loc="upper left")
+    knees = ", ".join(f"{label} ({runs[0]['reach_pages']} pages)" for label, runs in data.items())
+    fig.alt = (f"Line chart: page walks per access against the working set, from "
+               f"{working_sets[0]} to {working_sets[-1]} pages on a log scale, one line per TLB: "
+               f"{knees}. Each line stays near 0% until the working set exceeds the TLB's "
+               "reach, then climbs towards 100%.")
     return fig
 
 
@@ -357,7 +364,13 @@ def flush_vs_pcid(
     ax.set_title(f"Address-space switches: flush vs PCID ({n_spaces} spaces x {working_set} "
                  f"pages, L1 {l1_entries} + L2 {l2_entries})", fontsize=10)
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8, loc="upper right")
+    ax.legend(fontsize=MIN_FONT_PT, loc="upper right")
+    first, last = data["flush"][0], data["flush"][-1]
+    fig.alt = (f"Line chart: page walks per access against the accesses between CR3 writes. "
+               f"With a full flush on every CR3 write the rate falls from "
+               f"{first['miss_rate']:.2f} (every {first['params']['switch_every']} accesses) "
+               f"to {last['miss_rate']:.3f} (every {last['params']['switch_every']}); with "
+               f"PCIDs it stays at the no-switch level, {never:.3f}.")
     return fig
 
 
@@ -368,7 +381,7 @@ def address_bits_figure(va: int, levels: int = 4) -> Figure:
     Sign-extension bits that break the canonical rule are hatched and outlined.
     Each bit cell is a Rectangle with gid ``"bit"``."""
     info = explore_address(va, levels)
-    cell, x0 = 0.16, 0.35
+    cell, x0 = 0.138, 0.3  # 9.4 inches: shown unscaled at laptop width
     fig = Figure(figsize=(x0 * 2 + 64 * cell, 1.75))
     ax = fig.add_axes((0, 0, 1, 1))
     width = x0 * 2 + 64 * cell
@@ -388,25 +401,34 @@ def address_bits_figure(va: int, levels: int = 4) -> Figure:
                                    hatch="//" if bad else None, gid="bit"))
             dark = f.color in (_view.LEVEL_COLORS[0], _view.LEVEL_COLORS[5])
             ax.text(x + cell / 2, y + 0.16, str(value), ha="center", va="center",
-                    fontsize=7, family="monospace", color="white" if dark else "black",
+                    fontsize=MIN_FONT_PT, family="monospace",
+                    color="white" if dark else "black",
                     bbox={"facecolor": "white", "edgecolor": "none", "pad": 0.4}
                     if bad else None)
         left = x0 + (63 - f.hi) * cell
         right = x0 + (64 - f.lo) * cell
-        for edge_bit, x in ((f.hi, left + cell / 2), (f.lo, right - cell / 2)):
-            ax.text(x, y + 0.42, str(edge_bit), ha="center", va="bottom", fontsize=6)
+        # The highest bit of each field (and bit 0): one number per field boundary, so no
+        # two labels at 9 pt share a pair of neighbouring cells.
+        edges = [(f.hi, left + cell / 2)] + ([(0, right - cell / 2)] if f.lo == 0 else [])
+        for edge_bit, x in edges:
+            ax.text(x, y + 0.36, str(edge_bit), ha="center", va="bottom", fontsize=MIN_FONT_PT)
         ax.plot([left + 0.02, right - 0.02], [y - 0.08, y - 0.08], color="#333333",
                 linewidth=1)
         shown = f"{f.value:#x}" if f.name in ("offset", "sign extension") else str(f.value)
         label = "sign ext." if f.name == "sign extension" else f.name
-        ax.text((left + right) / 2, y - 0.22, label, ha="center", va="center", fontsize=7.5,
-                fontweight="bold")
-        ax.text((left + right) / 2, y - 0.42, shown, ha="center", va="center", fontsize=7.5,
-                family="monospace")
+        ax.text((left + right) / 2, y - 0.22, label, ha="center", va="center",
+                fontsize=MIN_FONT_PT, fontweight="bold")
+        ax.text((left + right) / 2, y - 0.44, shown, ha="center", va="center",
+                fontsize=MIN_FONT_PT, family="monospace")
     status = (f"canonical, {info.half} half" if info.canonical
               else f"NOT canonical (hatched bits differ from bit {info.top_bit}): #GP(0)")
     ax.text(x0, 1.55, f"{va:#018x} ({levels}-level paging): {status}; Linux: "
             f"{info.region.name}", fontsize=9.5, fontweight="bold", va="center")
+    fields = ", ".join(f"{f.name} bits {f.hi}-{f.lo} = "
+                       f"{f.value:#x}" if f.name in ("offset", "sign extension") else
+                       f"{f.name} bits {f.hi}-{f.lo} = {f.value}" for f in info.fields)
+    fig.alt = (f"The 64 bits of {va:#018x} as a row of cells grouped by field: {fields}. "
+               f"The address is {status}.")
     return fig
 
 
@@ -416,7 +438,7 @@ def tlb_runs_figure(results: Sequence[dict[str, Any]]) -> Figure:
     run split into L1 hits, L2 hits and page walks (hatched), as shares of the accesses."""
     if not results:
         raise KaiserEduError("tlb_runs_figure needs at least one tlb_experiment result")
-    fig = Figure(figsize=(6.5, 0.9 + 0.42 * len(results)), layout="constrained")
+    fig = Figure(figsize=(8.0, 1.1 + 0.5 * len(results)), layout="constrained")
     ax = fig.add_subplot()
     labels = []
     parts = (("L1 hits", "l1_hits", _view.OKABE_ITO["blue"], None),
@@ -433,10 +455,16 @@ def tlb_runs_figure(results: Sequence[dict[str, Any]]) -> Figure:
             ax.barh(i, share, left=left, color=color, hatch=hatch, edgecolor="#333333",
                     linewidth=0.5, label=name if i == 0 else "_")
             left += share
-    ax.set_yticks(range(len(results)), labels, fontsize=7)
+    ax.set_yticks(range(len(results)), labels, fontsize=MIN_FONT_PT)
     ax.invert_yaxis()
     ax.set_xlim(0, 1)
-    ax.set_xlabel("share of accesses")
-    ax.set_title("Where translations came from (latest run at the bottom)", fontsize=9)
-    fig.legend(fontsize=7, ncols=3, loc="outside lower center", frameon=False)
+    ax.set_xlabel("share of accesses", fontsize=MIN_FONT_PT)
+    ax.tick_params(axis="x", labelsize=MIN_FONT_PT)
+    ax.set_title("Where translations came from (latest run at the bottom)", fontsize=10)
+    fig.legend(fontsize=MIN_FONT_PT, ncols=3, loc="outside lower center", frameon=False)
+    last = results[-1]
+    fig.alt = (f"Bar chart of the last {len(results)} TLB-lab runs: for the latest ("
+               f"{labels[-1]}), {last['l1_hits'] / last['accesses']:.0%} of the accesses hit "
+               f"the L1 TLB, {last['l2_hits'] / last['accesses']:.0%} the L2 TLB and "
+               f"{last['walks'] / last['accesses']:.0%} needed a page walk.")
     return fig

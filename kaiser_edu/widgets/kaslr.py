@@ -34,7 +34,6 @@ from kaiser_edu.widgets._view import (
     OKABE_ITO,
     OutputView,
     esc,
-    figure_png,
     show,
     show_error,
 )
@@ -101,8 +100,9 @@ def verdict(r: KaslrResult) -> str:
 
 
 def slot_figure(r: KaslrResult, title: str | None = None):
-    """Median probe time per candidate ``_text`` slot, the threshold, and the true base."""
-    from matplotlib.figure import Figure
+    """Median probe time per candidate ``_text`` slot, the threshold, and the true base, as a
+    :class:`kaiser_edu.display.Figure` with alt text (every text at least 9 pt)."""
+    from kaiser_edu.display.figures import Figure
 
     fig = Figure(figsize=(7.5, 3.2), layout="constrained")
     ax = fig.add_subplot()
@@ -125,6 +125,14 @@ def slot_figure(r: KaslrResult, title: str | None = None):
     ax.set_title(title or f"{METHOD_NAMES[r.method]}, {ISOLATION_MODES[r.isolation]}, {r.cpu}",
                  fontsize=11)
     ax.legend(fontsize=9, loc="lower right")
+    found = ("none is confirmed below it" if not len(mapped) else
+             f"{len(mapped)} slot{'s' if len(mapped) > 1 else ''} confirmed below it, from "
+             f"slot {mapped[0]}")
+    fig.alt = (f"Scatter plot, {METHOD_NAMES[r.method]} under {ISOLATION_MODES[r.isolation]} "
+               f"on {r.cpu}: the median probe time of each of the {len(slots)} candidate slots "
+               f"of _text, most about {np.median(r.times):.0f} cycles; the dashed threshold at "
+               f"{r.threshold:.0f} cycles, {found}; the dotted line marks the true _text, "
+               f"slot {truth}, at {r.times[truth]:.0f} cycles.")
     return fig
 
 
@@ -174,7 +182,8 @@ class KaslrLab(OutputView, widgets.VBox):
         color = FAULT_COLOR if r.text_base is not None else OK_COLOR
         html = (f"<div style='font-family:monospace'><b style='color:{color}'>"
                 f"{esc(lines[0])}</b><br>" + "<br>".join(esc(x) for x in lines[1:]) + "</div>")
-        show(self.output, html, "\n".join(lines), figure_png(slot_figure(r)))
+        fig = slot_figure(r)
+        show(self.output, html, "\n".join(lines), figure=fig, alt=fig.alt)
         return r
 
     def __repr__(self) -> str:

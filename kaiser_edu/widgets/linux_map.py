@@ -32,6 +32,7 @@ from __future__ import annotations
 import html
 from dataclasses import dataclass
 
+from kaiser_edu.display.tables import words_html as _words_html
 from kaiser_edu.errors import KaiserEduError
 
 SOURCE = "Documentation/arch/x86/x86_64/mm.rst (Linux)"
@@ -210,23 +211,40 @@ KIND_COLORS = {
 }
 
 
-def linux_map_html(levels: int = 4, highlight: int | None = None) -> str:
+def linux_map_html(levels: int = 4, highlight: int | None = None, window: int = 3) -> str:
     """The layout as a small HTML table; the row containing ``highlight`` is marked with
-    a bold border and an arrow (not by colour alone)."""
+    a bold border and an arrow (not by colour alone), and only ``window`` regions either
+    side of it are listed (a line says how many more there are), so the marked row is
+    always in view. Values never wrap; the description wraps between words only."""
     hit = region_of(highlight, levels) if highlight is not None else None
-    rows = []
-    for region in linux_map(levels):
+    regions = linux_map(levels)
+    first, last = 0, len(regions)
+    if hit is not None and hit in regions:
+        at = regions.index(hit)
+        first, last = max(0, at - window), min(len(regions), at + window + 1)
+    nowrap = "white-space:nowrap;font-family:var(--jp-code-font-family, monospace);"
+    words = "white-space:normal;overflow-wrap:normal;text-align:left"
+
+    def more(n: int, where: str) -> str:
+        return (f'<tr><td></td><td colspan="5" style="text-align:left;color:#444">'
+                f"&hellip; {n} more region{'s' if n > 1 else ''} {where}</td></tr>")
+
+    rows = [more(first, "above")] if first else []
+    for region in regions[first:last]:
         mark = region == hit
         style = "font-weight:bold;outline:2px solid #000;" if mark else ""
         swatch = (f'<span style="display:inline-block;width:0.8em;height:0.8em;'
                   f'background:{KIND_COLORS[region.kind]};border:1px solid #555"></span>')
         rows.append(
             f'<tr style="{style}"><td>{"&#9654;" if mark else ""}</td>'
-            f"<td><code>{region.start:016x}</code></td><td><code>{region.end:016x}</code></td>"
-            f'<td style="text-align:right">{human_size(region.size)}</td>'
-            f'<td style="text-align:left">{swatch} {html.escape(region.kind)}</td>'
-            f'<td style="text-align:left">{html.escape(region.description)}</td></tr>'
+            f'<td style="{nowrap}">{region.start:016x}</td>'
+            f'<td style="{nowrap}">{region.end:016x}</td>'
+            f'<td style="{nowrap}text-align:right">{human_size(region.size)}</td>'
+            f'<td style="{nowrap}text-align:left">{swatch} {html.escape(region.kind)}</td>'
+            f'<td style="{words}">{_words_html(region.description)}</td></tr>'
         )
+    if last < len(regions):
+        rows.append(more(len(regions) - last, "below"))
     head = ("<tr><th></th><th>start</th><th>end</th><th>size</th>"
             '<th style="text-align:left">kind</th>'
             '<th style="text-align:left">what Linux keeps there</th></tr>')
@@ -234,3 +252,4 @@ def linux_map_html(levels: int = 4, highlight: int | None = None) -> str:
                f"(without KASLR; source: {html.escape(SOURCE)})")
     return (f'<table style="font-size:85%;border-collapse:collapse">'
             f"<caption style='text-align:left'>{caption}</caption>{head}{''.join(rows)}</table>")
+

@@ -48,7 +48,6 @@ from kaiser_edu.widgets._view import (
     OKABE_ITO,
     OutputView,
     esc,
-    figure_png,
     show,
     show_error,
 )
@@ -238,8 +237,9 @@ def attack_summary(isolation: str, cpu: str, target: str, seed: int = 0) -> dict
 
 
 def histogram_figure(hits: np.ndarray, misses: np.ndarray, threshold: float, cpu: str):
-    """Histogram of cached and flushed reload times with the calibrated threshold."""
-    from matplotlib.figure import Figure
+    """Histogram of cached and flushed reload times with the calibrated threshold, as a
+    :class:`kaiser_edu.display.Figure` with alt text (every text at least 9 pt)."""
+    from kaiser_edu.display.figures import Figure
 
     fig = Figure(figsize=(7.5, 3.2), layout="constrained")
     ax = fig.add_subplot()
@@ -256,12 +256,19 @@ def histogram_figure(hits: np.ndarray, misses: np.ndarray, threshold: float, cpu
     ax.set_title(f"Flush+Reload on the {cpu} timing model", fontsize=11)
     ax.tick_params(labelsize=9)
     ax.legend(fontsize=9)
+    clipped = int(np.count_nonzero(hits >= top) + np.count_nonzero(misses >= top))
+    fig.alt = (f"Histogram of timed reloads on the {cpu} timing model: cached lines (blue) "
+               f"cluster around {np.median(hits):.0f} cycles, flushed ones (vermillion) around "
+               f"{np.median(misses):.0f}; the dashed threshold at {threshold:.0f} cycles "
+               f"separates them. {clipped} slower reloads (an interrupt in the timed window) "
+               "lie beyond the right edge.")
     return fig
 
 
 def probe_figure(times: np.ndarray, threshold: float, title: str):
-    """Reload time of each of the 256 probe lines in one round, with the threshold."""
-    from matplotlib.figure import Figure
+    """Reload time of each of the 256 probe lines in one round, with the threshold, as a
+    :class:`kaiser_edu.display.Figure` with alt text."""
+    from kaiser_edu.display.figures import Figure
 
     fig = Figure(figsize=(7.5, 3.0), layout="constrained")
     ax = fig.add_subplot()
@@ -282,6 +289,10 @@ def probe_figure(times: np.ndarray, threshold: float, title: str):
     ax.set_title(title, fontsize=11)
     ax.tick_params(labelsize=9)
     ax.legend(fontsize=9, loc="lower right")
+    lit = ", ".join(f"{v:#04x}" for v in np.flatnonzero(fast)) or "none"
+    fig.alt = (f"Bar chart, {title}: the reload time of each of the 256 probe lines. Lines "
+               f"below the dashed threshold at {threshold:.0f} cycles (cached): {lit}; all "
+               f"others take about {np.median(times):.0f} cycles.")
     return fig
 
 
@@ -351,11 +362,11 @@ class TransientStepper(_MachineControls, OutputView, widgets.VBox):
                 f"<p><b>probe line in the cache:</b> <span style='color:{color}'>"
                 f"{esc(cached)}</span></p>")
         text = f"{n + 1} · {title}: {what}\n  cached probe line: {cached}"
-        png = None
+        fig = None
         if n == len(self._steps) - 1:
-            png = figure_png(probe_figure(self.story.reload_times, self.story.threshold,
-                                          "the reloads after the fault"))
-        show(self.output, html, text, png)
+            fig = probe_figure(self.story.reload_times, self.story.threshold,
+                               "the reloads after the fault")
+        show(self.output, html, text, figure=fig, alt=fig.alt if fig is not None else "")
 
     def __repr__(self) -> str:
         return (f"TransientStepper(isolation={self.isolation.value!r}, cpu={self.cpu.value!r}, "
@@ -412,7 +423,7 @@ class MeltdownLab(_MachineControls, OutputView, widgets.VBox):
                            np.random.default_rng(0), lost=0.0)[0]
         fig = probe_figure(reload_times(t, cached, np.random.default_rng(1)), run.threshold,
                            "one Flush+Reload round after the first byte's attempt")
-        show(self.output, html, "\n".join(lines), figure_png(fig))
+        show(self.output, html, "\n".join(lines), figure=fig, alt=fig.alt)
         return r
 
     def __repr__(self) -> str:

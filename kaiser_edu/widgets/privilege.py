@@ -32,6 +32,7 @@ widget.
 
 from __future__ import annotations
 
+import textwrap
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
@@ -250,10 +251,13 @@ class PrivilegeCheck:
         us = "  ".join(f"{name} U/S={bit}" for name, bit in self.us_bits())
         lines.append(f"  walk: {us or '(no table read)'}")
         lines.append(f"  => {self.verdict()}")
-        lines.append(f"     rule: {self.rule} - {self.reason}")
+        # Long sentences wrap at 96 columns, so a notebook never breaks them inside a word.
+        lines.append(textwrap.fill(f"rule: {self.rule} - {self.reason}", 96,
+                                   initial_indent=" " * 5, subsequent_indent=" " * 11, break_on_hyphens=False))
         note = self.note()
         if note:
-            lines.append(f"     {note}")
+            lines.append(textwrap.fill(note, 96, initial_indent=" " * 5,
+                                       subsequent_indent=" " * 5, break_on_hyphens=False))
         return "\n".join(lines)
 
     def html(self) -> str:

@@ -19,6 +19,8 @@ from __future__ import annotations
 import hashlib
 import importlib
 import random
+import sys
+import types
 from dataclasses import dataclass
 
 import ipywidgets as widgets
@@ -84,6 +86,14 @@ def quiz_report(questions: list[Question], verdicts: list[Verdict]) -> tuple[str
             "\n".join([head, *lines_text]))
 
 
+_WRAP_OPTIONS = (
+    "<style>.kaiser-quiz .widget-radio-box label{height:auto;min-height:"
+    "var(--jp-widgets-inline-height);line-height:1.35;white-space:normal;"
+    "align-items:flex-start;padding:2px 0}"
+    ".kaiser-quiz .widget-radio-box input{flex-shrink:0;margin-top:0.3em}</style>"
+)
+
+
 class Quiz(widgets.VBox):
     """The view: radio buttons per question, a check button, feedback below."""
 
@@ -98,10 +108,14 @@ class Quiz(widgets.VBox):
                                            button_style="primary")
         self.output = widgets.Output()
         self.check_button.on_click(lambda _: self.check())
-        items: list[widgets.Widget] = [widgets.HTML(f"<h4>{esc(title)}</h4>")]
+        # Long options wrap onto several lines: let each label grow with its text, so an
+        # option never overlaps the next one or hides its radio button (ipywidgets gives
+        # every label one line's height).
+        items: list[widgets.Widget] = [widgets.HTML(_WRAP_OPTIONS + f"<h4>{esc(title)}</h4>")]
         for n, (question, radio) in enumerate(zip(questions, self.choices, strict=True), 1):
             items += [widgets.HTML(f"<b>{n}.</b> {esc(question.prompt)}"), radio]
         super().__init__(items + [self.check_button, self.output])
+        self.add_class("kaiser-quiz")
 
     def answers(self) -> list[int | None]:
         return [None if r.value is None else r.options.index(r.value) for r in self.choices]
@@ -142,3 +156,20 @@ def quiz_questions(lesson: str) -> list[Question]:
 def quiz(lesson: str, title: str = "Check yourself") -> Quiz:
     """The quiz of a lesson, ready to display: ``quiz("06")`` in the lesson's last cell."""
     return Quiz(quiz_questions(lesson), title)
+
+
+class _CallableModule(types.ModuleType):
+    """This module, callable as :func:`quiz`.
+
+    Lessons write ``from kaiser_edu.widgets import quiz`` and then ``quiz("06")``. The package
+    exports the function lazily, but once anything has imported this module (``from
+    kaiser_edu.widgets import Option`` does), Python sets the package's attribute ``quiz`` to
+    the module itself, and the import gives the module. Making the module callable keeps the
+    one-line quiz cell working either way.
+    """
+
+    def __call__(self, lesson: str, title: str = "Check yourself") -> Quiz:
+        return quiz(lesson, title)
+
+
+sys.modules[__name__].__class__ = _CallableModule

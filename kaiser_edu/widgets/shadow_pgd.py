@@ -36,12 +36,14 @@ The models are pure functions of a booted :class:`~kaiser_edu.kernel.Kernel`:
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import ipywidgets as widgets
 from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
 
+from kaiser_edu.display.tables import TextTable, words_html
 from kaiser_edu.errors import KaiserEduError
 from kaiser_edu.hw import bits as b
 from kaiser_edu.hw.address import canonicalize, table_index
@@ -372,6 +374,21 @@ class WalkLevel:
         return f"{name:5} kernel {one(self.kernel):<48} user {one(self.user):<48} {note}"
 
 
+def walk_both_table(levels: list[WalkLevel]) -> TextTable:
+    """:func:`walk_both`'s levels as a table: one row per level, the kernel PGD's entry and
+    the user PGD's, and whether they are the same entry (text: :meth:`WalkLevel.describe`)."""
+    def cells(e: Entry | None) -> list[str]:
+        if e is None:
+            return ["-", "-", ""]
+        return [f"{e.pa:#x}", f"{e.value:#018x}", _flags(e.value, e.level)]
+
+    rows = [[b.LEVEL_SDM_NAMES[lv.level], *cells(lv.kernel), *cells(lv.user),
+             "same entry" if lv.same_entry else "two entries"] for lv in levels]
+    columns = ("level", "kernel: entry at", "value", "flags", "user: entry at", "value ",
+               "flags ", "")
+    return TextTable("\n".join(lv.describe() for lv in levels), columns, rows)
+
+
 def walk_both(kernel: Kernel, task: Task | None, va: int) -> list[WalkLevel]:
     """Walk ``va`` from ``task``'s kernel PGD and from its user PGD (a software lookup: no
     permission checks, no A/D updates), and pair the entries read level by level."""
@@ -425,7 +442,7 @@ def pair_html(view: PgdPairView) -> str:
     head = _row(columns + ["next level"], _TH)
     rows = []
     for s in view.shown_slots():
-        cells = [str(s.index), f"<small>{_view.esc(', '.join(s.regions))}</small>",
+        cells = [str(s.index), f"<small>{words_html(', '.join(s.regions))}</small>",
                  _cell(s.kernel_entry)]
         cells += [_cell(s.user_entry)] if view.pair else []
         rows.append(_row(cells + [_sharing_cell(s)]))
@@ -443,10 +460,11 @@ def reachable_html(reach: ReachableKernel) -> str:
     rows = []
     for r in reach.ranges:
         color = _view.OK_COLOR if r.allowed else _view.FAULT_COLOR
-        why = _view.esc(r.allowed) if r.allowed else "<b>not cloned on purpose</b>"
-        rows.append(_row([f"<code>{r.range.start:#018x}-{r.range.end:#018x}</code>",
-                          f"{r.range.size // 1024:,} KiB", _view.esc(r.range.rights()),
-                          _view.esc(r.region), f"{_view.swatch(color)} {why}"]))
+        why = words_html(r.allowed) if r.allowed else "<b>not cloned on purpose</b>"
+        rows.append(_row([f"<code style='white-space:nowrap'>{r.range.start:#018x}-"
+                          f"{r.range.end:#018x}</code>",
+                          f"{r.range.size // 1024:,}&nbsp;KiB", _view.esc(r.range.rights()),
+                          words_html(r.region), f"{_view.swatch(color)} {why}"]))
     head = _row(["range", "size", "rights", "region", "mapped as"], _TH)
     table = (f"<table style='border-collapse:collapse;font-size:90%'>{head}{''.join(rows)}"
              "</table>") if rows else "<div>(nothing)</div>"
@@ -560,7 +578,10 @@ class ShadowPgdExplorer(_view.OutputView, widgets.VBox):
 
 
 # --- the figure ---------------------------------------------------------------------------------
-_ROW_H, _CELL_W, _MID_W, _BOX_W = 0.62, 2.55, 3.5, 1.55
+# Inches, sized for 9 pt text (display.MIN_FONT_PT) in a 9.5 in figure, which a laptop's
+# JupyterLab shows unscaled: a PGD entry "[160] 0x8000000004021067" is 1.8 in of monospace,
+# a region name wraps at 26 characters inside a 2.05 in table box.
+_ROW_H, _CELL_W, _MID_W, _BOX_W, _FONT = 0.84, 2.1, 4.3, 2.05, 9.0
 
 
 def _rows(view: PgdPairView) -> list[PgdSlot | tuple[int, int]]:
@@ -583,27 +604,28 @@ def _entry_box(ax, x: float, y: float, entry: int, index: int, gid: str) -> None
                                 facecolor="white" if present else "#F2F2F2",
                                 edgecolor="#333333", linewidth=0.7, gid=gid))
     if not present:
-        ax.text(x + 0.08, y, f"[{index:3}] not present", fontsize=7, family="monospace",
+        ax.text(x + 0.08, y, f"[{index:3}] not present", fontsize=_FONT, family="monospace",
                 va="center", style="italic", color="#555555")
         return
-    ax.text(x + 0.08, y + 0.09, f"[{index:3}] {entry:#018x}", fontsize=7, family="monospace",
-            va="center")
+    ax.text(x + 0.08, y + 0.1, f"[{index:3}] {entry:#018x}", fontsize=_FONT,
+            family="monospace", va="center")
     flags = _flags(entry)
-    ax.text(x + 0.08, y - 0.1, flags, fontsize=6.5, family="monospace", va="center",
+    ax.text(x + 0.08, y - 0.11, flags, fontsize=_FONT, family="monospace", va="center",
             color=_view.FAULT_COLOR if entry & b.PAGE_NX else "#222222",
             fontweight="bold" if entry & b.PAGE_NX else "normal")
 
 
 def _table_box(ax, x: float, y: float, table: int, slot: PgdSlot, color: str,
                mapped: int) -> None:
-    ax.add_patch(FancyBboxPatch((x, y - 0.24), _BOX_W, 0.48, boxstyle="round,pad=0.02",
+    ax.add_patch(FancyBboxPatch((x, y - 0.36), _BOX_W, 0.72, boxstyle="round,pad=0.02",
                                 facecolor=color, edgecolor="#333333", linewidth=0.7,
                                 alpha=0.85, gid="table"))
-    ax.text(x + 0.06, y + 0.11, f"PDPT @ {table:#x}", fontsize=6.5, family="monospace",
+    region = "\n".join(textwrap.wrap(slot.regions[0], 26)[:2])
+    ax.text(x + 0.06, y + 0.24, f"PDPT @ {table:#x}", fontsize=_FONT, family="monospace",
             va="center", fontweight="bold")
-    ax.text(x + 0.06, y - 0.04, slot.regions[0][:26], fontsize=6, va="center")
-    ax.text(x + 0.06, y - 0.16, f"maps {mapped // 1024:,} KiB" if mapped else "maps nothing",
-            fontsize=6, va="center")
+    ax.text(x + 0.06, y + 0.14, region, fontsize=_FONT, va="top", linespacing=1.2)
+    ax.text(x + 0.06, y - 0.26, f"maps {mapped // 1024:,} KiB" if mapped else "maps nothing",
+            fontsize=_FONT, va="center")
 
 
 def _arrow(ax, start: tuple[float, float], end: tuple[float, float], color: str) -> None:
@@ -623,7 +645,7 @@ def shadow_pgd_figure(kernel: Kernel, task: Task | None = None, *,
     """
     view = pgd_pair_view(kernel, task)
     rows = _rows(view)
-    width = 0.3 + 2 * _CELL_W + _MID_W + 0.5 + 0.25
+    width = 0.3 + 2 * _CELL_W + _MID_W + 0.5 + 0.2
     height = 1.25 + _ROW_H * len(rows) + 0.55
     fig = Figure(figsize=(width, height))
     ax = fig.add_axes((0, 0, 1, 1))
@@ -636,11 +658,11 @@ def shadow_pgd_figure(kernel: Kernel, task: Task | None = None, *,
     ax.text(0.3, height - 0.25, title or f"{MODES[view.mode]}: the kernel PGD and the user PGD "
             "of one process", fontsize=10, fontweight="bold", va="center")
     ax.text(x_k, height - 0.6, f"kernel PGD @ {view.kernel_pgd:#x}\nCR3 {view.kernel_cr3:#x}",
-            fontsize=7.5, va="center", family="monospace")
+            fontsize=_FONT, va="center", family="monospace")
     user_head = (f"user PGD @ {view.user_pgd:#x}\nCR3 {view.user_cr3:#x}" if view.pair else
                  "user mode: the same PGD\n(no isolation)")
-    ax.text(x_u, height - 0.6, user_head, fontsize=7.5, va="center", family="monospace")
-    ax.text(x_mid + 0.2, height - 0.6, "next-level tables (PDPT = Linux PUD)", fontsize=7.5,
+    ax.text(x_u, height - 0.6, user_head, fontsize=_FONT, va="center", family="monospace")
+    ax.text(x_mid + 0.2, height - 0.6, "next-level tables (PDPT = Linux PUD)", fontsize=_FONT,
             va="center", style="italic")
     y = height - 1.15
     for row in rows:
@@ -649,12 +671,20 @@ def shadow_pgd_figure(kernel: Kernel, task: Task | None = None, *,
             first, last = row
             label = f"[{first}] 1 entry" if first == last else \
                 f"[{first}-{last}] {last - first + 1} entries"
-            ax.text(x_u + 0.08, y, f"{label}:\nempty tables pre-populated by kaiser_init()",
-                    fontsize=6.5, va="center", style="italic", color="#555555")
+            ax.text(x_u + 0.08, y, f"{label}:\nempty tables pre-populated\nby kaiser_init()",
+                    fontsize=_FONT, va="center", style="italic", color="#555555")
         else:
             _figure_row(ax, row, y, x_k, x_mid, x_u)
         y -= _ROW_H / 2
     _legend(ax, 0.3, 0.3)
+    shared = sum(1 for r in rows if not isinstance(r, tuple) and r.sharing == "same table")
+    fig.alt = (f"{MODES[view.mode]}: the kernel PGD at {view.kernel_pgd:#x} (left) and "
+               + (f"the user PGD at {view.user_pgd:#x} (right)" if view.pair else
+                  "the same PGD again for user mode (no isolation)")
+               + f", {len(rows)} rows of PGD slots; {shared} slots point to the same "
+               "next-level table from both copies. "
+               + "; ".join(f"slot {r.index}: {r.regions[0]}, {r.sharing}" for r in rows
+                           if not isinstance(r, tuple)) + ".")
     return fig
 
 
@@ -687,14 +717,15 @@ def _legend(ax, x: float, y: float) -> None:
         ax.add_patch(FancyBboxPatch((x, y - 0.07), 0.14, 0.14, boxstyle="square,pad=0",
                                     facecolor=SHARING[key][1], edgecolor="#333333",
                                     linewidth=0.6))
-        ax.text(x + 0.2, y, key, fontsize=7, va="center")
-        x += 1.55
-    ax.text(x, y, "NX in bold vermillion", fontsize=7, va="center", color=_view.FAULT_COLOR,
-            fontweight="bold")
+        ax.text(x + 0.2, y, key, fontsize=_FONT, va="center")
+        x += 1.75
+    ax.text(x, y, "NX in bold vermillion", fontsize=_FONT, va="center",
+            color=_view.FAULT_COLOR, fontweight="bold")
 
 
 __all__ = [
     "DEMO_BUFFER", "MODES", "SHARING", "PgdPairView", "PgdSlot", "ReachableKernel",
     "ReachableRange", "ShadowPgdExplorer", "WalkLevel", "check_mode", "demo_machine",
     "pgd_pair_view", "shadow_pgd_figure", "slot_text", "user_reachable_kernel", "walk_both",
+    "walk_both_table",
 ]

@@ -333,8 +333,9 @@ class TLBLab(_view.OutputView, widgets.VBox):
         self.history = [*self.history, self.result][-self.keep:]
         from kaiser_edu.widgets.figures import tlb_runs_figure
 
-        png = _view.figure_png(tlb_runs_figure(self.history))
-        _view.show(self.output, experiment_html(self.result), experiment_text(self.result), png)
+        fig = tlb_runs_figure(self.history)
+        _view.show(self.output, experiment_html(self.result), experiment_text(self.result),
+                   figure=fig, alt=fig.alt)
         return self.result
 
     def __repr__(self) -> str:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import ipywidgets as widgets
 
+from kaiser_edu.display.tables import words_html
 from kaiser_edu.errors import KaiserEduError
 from kaiser_edu.kernel.events import cr3_cell, decode_cr3, pgd_half
 from kaiser_edu.kernel.timeline import KERNEL_PGD_COLOR, USER_PGD_COLOR
@@ -60,6 +61,8 @@ def _tlb_text(census: tuple[tuple[str, int], ...]) -> str:
 
 
 def _step_result(step: Step) -> str:
+    if step.fault and step.replay:
+        return "the same fault: SIGSEGV, the task is killed"
     if step.fault:
         return f"FAULT: {step.fault}"
     if step.op == "mov_cr3":
@@ -164,7 +167,7 @@ def _result_html(step: Step) -> str:
         color = MISS_COLOR
     else:
         color = HIT_COLOR
-    return f"<b style='color:{color}'>{_view.esc(_step_result(step))}</b>"
+    return f"<b style='color:{color}'>{words_html(_step_result(step))}</b>"
 
 
 def render_html(w: Walkthrough, position: int) -> str:
@@ -195,7 +198,7 @@ def render_html(w: Walkthrough, position: int) -> str:
         for t in w.steps[:position]:
             color = USER_PGD_COLOR if pgd_half(t.cr3_after) == "user" else KERNEL_PGD_COLOR
             style = "background:#eef" if t.n == position else ""
-            cells = (str(t.n), e(t.label), e(t.op), e(t.what), _result_html(t),
+            cells = (str(t.n), words_html(t.label), e(t.op), words_html(t.what), _result_html(t),
                      f"<span style='color:{color}'>{e(_short_cr3(t.cr3_after, w.pcide))}</span>",
                      e(events.get(t.event, "") if t.event is not None else ""))
             rows.append(f"<tr style='{style}'>" + "".join(

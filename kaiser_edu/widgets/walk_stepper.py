@@ -23,13 +23,16 @@ in which every rule above can be seen; :class:`WalkStepper` is the widget.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import ipywidgets as widgets
 import numpy as np
 
+from kaiser_edu.display.tables import words_html
 from kaiser_edu.errors import KaiserEduError
 from kaiser_edu.hw import bits as b
 from kaiser_edu.hw.address import is_canonical, table_index, va_bits
+from kaiser_edu.hw.bits import error_code_bits  # noqa: F401 (the lessons import it from here)
 from kaiser_edu.hw.pgtable import PageTables
 from kaiser_edu.hw.physmem import FrameAllocator, PhysMem
 from kaiser_edu.hw.regs import Registers
@@ -248,21 +251,25 @@ class WalkView:
 
     def html(self, revealed: int | None = None) -> str:
         """HTML of the first ``revealed`` stages (all by default)."""
-        e = _view.esc
         revealed = self.stages if revealed is None else revealed
-        head = f"<div><b>{e(self.header())}</b></div>"
-        th = "".join(f"<th style='padding:2px 6px;text-align:left'>{h}</th>" for h in (
-            "level", "index", "entry address", "value", "flags", "U", "W", "NX", "what it means"))
+        head = f"<div><b>{words_html(self.header())}</b></div>"
+        th = "".join(f"<th style='padding:2px 6px;text-align:left;white-space:nowrap'>{h}</th>"
+                     for h in ("level", "index", "entry address", "value", "flags", "U", "W",
+                               "NX", "what it means"))
+        nowrap = "padding:2px 6px;text-align:left;white-space:nowrap"
+        words = "padding:2px 6px;text-align:left;white-space:normal;overflow-wrap:normal"
         body = []
         for row in self.rows[:revealed]:
             color = _view.LEVEL_COLORS[row.level]
             cells = (
-                f"{_view.swatch(color)} {row.sdm_name} ({row.linux_name})", str(row.index),
-                f"<code>{row.entry_pa:#x}</code>", f"<code>{row.value:#018x}</code>",
-                e(row.flags), _bit(row.user), _bit(row.writable), _bit(row.nx), e(row.note),
+                (nowrap, f"{_view.swatch(color)} {row.sdm_name} ({row.linux_name})"),
+                (nowrap, str(row.index)), (nowrap, f"<code>{row.entry_pa:#x}</code>"),
+                (nowrap, f"<code>{row.value:#018x}</code>"), (words, words_html(row.flags)),
+                (nowrap, _bit(row.user)), (nowrap, _bit(row.writable)), (nowrap, _bit(row.nx)),
+                (words, words_html(row.note)),
             )
-            body.append("<tr>" + "".join(f"<td style='padding:2px 6px;text-align:left'>{c}</td>"
-                                         for c in cells) + "</tr>")
+            body.append("<tr>" + "".join(f"<td style='{style}'>{c}</td>" for style, c in cells)
+                        + "</tr>")
         table = (f"<table style='border-collapse:collapse;font-size:90%'><tr>{th}</tr>"
                  f"{''.join(body)}</table>") if body or self.rows else ""
         if revealed >= self.stages:
@@ -270,12 +277,19 @@ class WalkView:
             color = _view.OK_COLOR if ok else _view.FAULT_COLOR
             mark = "&#10004; translated" if ok else "&#10008; fault"
             tail = (f"<div style='border-left:6px solid {color};padding:4px 8px;margin-top:4px'>"
-                    f"<b>{mark}:</b> {e(self.outcome)}<br>{e(self.reason)}</div>")
+                    f"<b>{mark}:</b> {words_html(self.outcome)}<br>{words_html(self.reason)}"
+                    "</div>")
         else:
             left = self.stages - revealed
             tail = (f"<div style='color:#444'>({left} more step{'s' if left > 1 else ''}: "
                     "press Step)</div>")
         return f"<div>{head}{table}{tail}</div>"
+
+    def _repr_html_(self) -> str:
+        return self.html()
+
+    def _repr_pretty_(self, p: Any, cycle: bool) -> None:
+        p.text(self.text())
 
 
 def _bit(flag: bool) -> str:
@@ -334,13 +348,6 @@ def walk_view(
                             note))
     outcome, reason = _explain(result, regs, ac, tuple(rows))
     return WalkView(va, kind, cpl, ac, regs, result, tuple(rows), outcome, reason)
-
-
-def error_code_bits(error_code: int) -> str:
-    """The #PF error code bit by bit: ``'P=1 W=1 U=1 RSVD=0 I=0 PK=0'``."""
-    names = (("P", b.X86_PF_PROT), ("W", b.X86_PF_WRITE), ("U", b.X86_PF_USER),
-             ("RSVD", b.X86_PF_RSVD), ("I", b.X86_PF_INSTR), ("PK", b.X86_PF_PK))
-    return " ".join(f"{n}={int(bool(error_code & bit))}" for n, bit in names)
 
 
 def _explain(result: WalkResult, regs: Registers, ac: bool,
