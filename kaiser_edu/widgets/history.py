@@ -26,10 +26,12 @@ own tools, nothing re-implemented:
   :func:`~kaiser_edu.attacks.meltdown.idt_text_base`), and the prefetch and EntryBleed KASLR
   breaks (:func:`kaiser_edu.attacks.kaslr.break_kaslr`).
 
-Not modelled (the lesson says so): CPUs that enumerate RDCL_NO (``pti=auto`` leaves PTI off
-there; the simulated CPUs are all Meltdown-vulnerable unless their model says otherwise),
-Intel's LASS, 5-level paging, more than one CPU, and the real benchmark numbers of 2017-18
-(the cost model is calibrated, lesson 08, but it is a model).
+Every design boots on the same CPU model (``cpu``, default Skylake: Meltdown-affected, with
+PCIDs). A CPU that enumerates RDCL_NO is modelled elsewhere (``Kernel(cpu="icelake")``:
+``pti=auto`` leaves PTI off and its loads forward nothing; the lesson shows it). Not
+modelled (the lesson says so): Intel's LASS, 5-level paging, more than one CPU, and the
+real benchmark numbers of 2017-18 (the cost model is calibrated, lesson 08, but it is a
+model).
 
 :func:`comparison_table` puts several designs in one table, :func:`history_figure` draws
 reach and syscall cost across the history, and :class:`HistoryExplorer` is the widget: pick
