@@ -1,6 +1,6 @@
 """Quotations in the lessons are verbatim or not quotations (kaiser_edu/course/quotations.py).
 
-Every double-quoted passage of two or more words in the Markdown of lessons 04, 06 and 07
+Every double-quoted passage of two or more words in the Markdown of lessons 04, 06, 07 and 10
 must be a registered quotation (or part of one), and a registered quotation whose source
 has an excerpt in the course's reference material must appear there verbatim. The reference
 material lives outside the repository (``../shared/reference`` next to the checkout in CI,

@@ -18,7 +18,7 @@ import re
 from dataclasses import dataclass
 
 # Lessons whose Markdown the test checks against this table.
-LESSONS = ("04", "06", "07")
+LESSONS = ("04", "06", "07", "10")
 
 
 @dataclass(frozen=True)
@@ -57,7 +57,7 @@ QUOTATIONS: tuple[Quotation, ...] = (
               "IAIK/KAISER KAISER/0001-KAISER-Kernel-Address-Isolation.patch",
               "pti-facts.md"),
     Quotation("not hold any information about kernel addresses while running in user mode",
-              "Gruss et al., KASLR is Dead: Long Live KASLR (ESSoS 2017), abstract", ("06",),
+              "Gruss et al., KASLR is Dead: Long Live KASLR (ESSoS 2017), abstract", ("06", "10"),
               "the abstract as excerpted in the reference fact sheet", "pti-facts.md"),
     Quotation("All top-level KAISER page tables are order-1 pages (8k-aligned and 8k in "
               "size). The kernel one is at the beginning 4k and the user (shadow) one is in "
@@ -71,7 +71,7 @@ QUOTATIONS: tuple[Quotation, ...] = (
               PTI_C + ", pti_clone_kernel_text()", ("06",), TORVALDS_PTI_C, "pti-facts.md"),
     Quotation("This minimal set of data can still reveal the kernel's ASLR base address",
               "Dave Hansen, [PATCH 00/30] [v2] KAISER cover letter, linux-mm, 8 Nov 2017",
-              ("06",), "the cover letter as excerpted in the reference fact sheet",
+              ("06", "10"), "the cover letter as excerpted in the reference fact sheet",
               "pti-facts.md"),
     Quotation("the full PGD, accessible from userspace", PTI_C + ", __pti_set_user_pgtbl()",
               ("06",), TORVALDS_PTI_C),
@@ -98,7 +98,7 @@ QUOTATIONS: tuple[Quotation, ...] = (
     Quotation("Use trampoline stack instead of process stack at entry so no longer need "
               "to map process stack (big win in fork() speed)",
               "Dave Hansen, [PATCH 00/30] [v2] KAISER cover letter, linux-mm, 8 Nov 2017, "
-              "Changes from v1", ("06",), "the cover letter on the linux-mm archive"),
+              "Changes from v1", ("06", "10"), "the cover letter on the linux-mm archive"),
     Quotation("Use new entry trampoline instead of mapping process stacks.",
               HANSEN_CORE + ", Changes from original KAISER patch", ("06",),
               "the mail on the linux-mm archive"),
@@ -114,11 +114,24 @@ QUOTATIONS: tuple[Quotation, ...] = (
               "arch/x86/entry/calling.h, PARANOID_RESTORE_CR3 (bb998361999e, Linux 6.9)",
               ("07",), "the x86/entry pull request for v6.9-rc1 (LKML, 11 Mar 2024)"),
     Quotation("The user PCID TLB flush is deferred until the exit to userspace, minimizing "
-              "the cost", PTI_RST + ", Overhead 2d", ("07",), TORVALDS_PTI_RST,
+              "the cost", PTI_RST + ", Overhead 2d", ("07", "10"), TORVALDS_PTI_RST,
               "pti-facts.md"),
     Quotation("Systems with PCIDs get little benefit from global kernel text",
               PTI_C + ", pti_kernel_image_global_ok()", ("07",), TORVALDS_PTI_C,
               "pti-facts.md"),
+    # --- lesson 10 ---------------------------------------------------------------------------
+    Quotation("KAISER makes it harder to defeat KASLR, but makes syscalls and interrupts "
+              "slower.",
+              "Dave Hansen, [PATCH 00/30] [v2] KAISER cover letter, linux-mm, 8 Nov 2017",
+              ("10",), "the cover letter as excerpted in the reference fact sheet",
+              "pti-facts.md"),
+    Quotation("Mostly rewritten by Thomas Gleixner and Andy Lutomirsky",
+              PTI_C + ", the file's header", ("10",), TORVALDS_PTI_C, "pti-facts.md"),
+    Quotation("We show that the KAISER defense mechanism for KASLR has the important (but "
+              "inadvertent) side effect of impeding Meltdown",
+              "Lipp et al., Meltdown: Reading Kernel Memory from User Space (USENIX "
+              "Security 2018; arXiv 1801.01207), abstract", ("10",),
+              "the abstract as excerpted in the reference fact sheet", "pti-facts.md"),
 )
 
 

@@ -21,6 +21,8 @@ calling ``.click()``.
   set, PCID and huge pages, on the simulated kernel
 - :mod:`~kaiser_edu.widgets.kaslr` (lesson 09): a KASLR break and the time of every candidate
   slot
+- :mod:`~kaiser_edu.widgets.history` (lesson 10): KAISER 2017 and PTI across Linux versions,
+  compared on reach, fork and syscall cost, Meltdown and the KASLR breaks
 - :mod:`~kaiser_edu.widgets.figures`: the lessons' matplotlib figures
 - :mod:`~kaiser_edu.widgets.linux_map`: the Linux x86-64 virtual memory map (mm.rst)
 - :mod:`~kaiser_edu.widgets.practice`: practice problems (lesson 02)
