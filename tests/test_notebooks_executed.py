@@ -142,7 +142,7 @@ def test_lesson_has_widget_figure_and_quiz(path: Path) -> None:
     quiz_shown = any("Quiz(" in d.get("text/plain", "") for d in data)
     quiz_used = any(QUIZ_SOURCE.search(c.source) for _, c in _code_cells(nb))
     assert quiz_shown or quiz_used, (
-        f"{_id(path)}: no self-check quiz (kaiser_edu.widgets.quiz.Quiz, shown as 'Quiz(...)')")
+        f"{_id(path)}: no self-check quiz (kaiser_edu.widgets.quizzes.Quiz, shown as 'Quiz(...)')")
 
 
 # --- exercises/ from solutions/ ------------------------------------------------------------

@@ -21,7 +21,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from kaiser_edu.widgets.quiz import quiz_questions
+from kaiser_edu.widgets.quizzes import quiz_questions
 
 REPO = Path(__file__).resolve().parents[1]
 LESSONS = sorted((REPO / "notebooks").glob("[0-9][0-9]_*.ipynb"))
@@ -94,8 +94,10 @@ def test_no_literal_markup_in_quiz_text() -> None:
 
 
 def test_quiz_call_works_after_the_module_was_imported() -> None:
-    """Importing the submodule rebinds kaiser_edu.widgets.quiz to it: still callable."""
-    import kaiser_edu.widgets.quiz  # noqa: F401
+    """The quiz module is kaiser_edu.widgets.quizzes, so importing it rebinds no package
+    attribute called quiz: the lessons' ``from kaiser_edu.widgets import quiz`` always gets
+    the function."""
+    import kaiser_edu.widgets.quizzes  # noqa: F401
     from kaiser_edu.widgets import quiz
 
     assert repr(quiz("01")) == f"Quiz({len(quiz_questions('01'))} questions)"

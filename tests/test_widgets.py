@@ -405,7 +405,7 @@ def test_tlb_runs_figure_and_no_pyplot_leaks():
 
 # --- the quiz ---------------------------------------------------------------------------
 def _quiz_questions():
-    from kaiser_edu.widgets.quiz import Option, Question
+    from kaiser_edu.widgets.quizzes import Option, Question
 
     return [
         Question("Which bit marks a PTE present?",
@@ -418,7 +418,7 @@ def _quiz_questions():
 
 
 def test_quiz_grades_and_explains():
-    from kaiser_edu.widgets.quiz import Quiz
+    from kaiser_edu.widgets.quizzes import Quiz
 
     quiz = Quiz(_quiz_questions())
     quiz.check_button.click()
@@ -436,7 +436,7 @@ def test_quiz_grades_and_explains():
 
 def test_quiz_refuses_ambiguous_questions():
     from kaiser_edu.errors import KaiserEduError
-    from kaiser_edu.widgets.quiz import Option, Question
+    from kaiser_edu.widgets.quizzes import Option, Question
 
     with pytest.raises(KaiserEduError, match="exactly one correct option"):
         Question("?", [Option("a", True), Option("b", True)])

@@ -6,7 +6,7 @@ import pytest
 
 from kaiser_edu.errors import KaiserEduError
 from kaiser_edu.widgets.cost import CostExplorer, cost_figure, cost_point, render_text
-from kaiser_edu.widgets.quiz import quiz_questions
+from kaiser_edu.widgets.quizzes import quiz_questions
 
 
 def test_model_point_pcid_and_huge_pages():

@@ -11,7 +11,7 @@ import pytest
 from kaiser_edu.display.figures import text_report
 from kaiser_edu.errors import KaiserEduError
 from kaiser_edu.widgets import history as H
-from kaiser_edu.widgets.quiz import quiz_questions
+from kaiser_edu.widgets.quizzes import quiz_questions
 
 CALLS = 16
 

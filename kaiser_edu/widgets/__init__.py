@@ -26,7 +26,7 @@ calling ``.click()``.
 - :mod:`~kaiser_edu.widgets.figures`: the lessons' matplotlib figures
 - :mod:`~kaiser_edu.widgets.linux_map`: the Linux x86-64 virtual memory map (mm.rst)
 - :mod:`~kaiser_edu.widgets.practice`: practice problems (lesson 02)
-- :mod:`~kaiser_edu.widgets.quiz`: the self-check quiz that ends every lesson
+- :mod:`~kaiser_edu.widgets.quizzes`: the self-check quiz that ends every lesson, and its questions
 - :mod:`~kaiser_edu.widgets.warmup`: ``warm_up()``, the first cell of every lesson (the numba
   compile, announced and timed)
 
@@ -66,7 +66,7 @@ _EXPORTS = {
     "shadow_pgd_figure": "shadow_pgd",
     "user_reachable_kernel": "shadow_pgd",
     "walk_both": "shadow_pgd",
-    "quiz": "quiz",
+    "quiz": "quizzes",
     "TransitionStepper": "transition_stepper",
     "MeltdownLab": "meltdown",
     "TransientStepper": "meltdown",
@@ -74,11 +74,11 @@ _EXPORTS = {
     "KaslrLab": "kaslr",
     "run_break": "kaslr",
     "transition_steps": "transition_stepper",
-    "Quiz": "quiz",
+    "Quiz": "quizzes",
     "CostExplorer": "cost",
     "cost_point": "cost",
-    "Question": "quiz",
-    "Option": "quiz",
+    "Question": "quizzes",
+    "Option": "quizzes",
     "warm_up": "warmup",
 }
 

@@ -4,7 +4,7 @@ Each option carries its own feedback; the quiz shuffles the options (seeded by t
 prompt), so the order here, right answer first, is not what the student sees.
 """
 
-from kaiser_edu.widgets.quiz import Option, Question
+from kaiser_edu.widgets.quizzes import Option, Question
 
 QUESTIONS = [
     Question(

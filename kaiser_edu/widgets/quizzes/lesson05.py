@@ -1,6 +1,6 @@
 """Quiz of lesson 05, Meltdown."""
 
-from kaiser_edu.widgets.quiz import Option, Question
+from kaiser_edu.widgets.quizzes import Option, Question
 
 QUESTIONS = [
     Question(

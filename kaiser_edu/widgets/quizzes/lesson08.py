@@ -1,6 +1,6 @@
 """Lesson 08 quiz: what isolation costs."""
 
-from kaiser_edu.widgets.quiz import Option, Question
+from kaiser_edu.widgets.quizzes import Option, Question
 
 QUESTIONS = [
     Question(

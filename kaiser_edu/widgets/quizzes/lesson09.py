@@ -1,6 +1,6 @@
 """Quiz of lesson 09, KASLR and the side channels KAISER was built to close."""
 
-from kaiser_edu.widgets.quiz import Option, Question
+from kaiser_edu.widgets.quizzes import Option, Question
 
 QUESTIONS = [
     Question(

@@ -1,6 +1,6 @@
 """Quiz of lesson 10, from KAISER to Linux PTI, and after."""
 
-from kaiser_edu.widgets.quiz import Option, Question
+from kaiser_edu.widgets.quizzes import Option, Question
 
 QUESTIONS = [
     Question(
