@@ -896,6 +896,22 @@ def test_brk_grows_and_shrinks_the_heap(mode):
         k.user_load(task, START_BRK + 2 * PAGE)
 
 
+@pytest.mark.parametrize("prot", [PROT_NONE, PROT_READ])
+def test_brk_does_not_extend_a_heap_top_that_mprotect_changed(prot):
+    """do_brk_flags() extends the VMA ending at the break only if can_vma_merge_after()
+    (the same flags): after mprotect() made the top heap page read-only or PROT_NONE, the
+    pages brk() adds are a new read-write VMA, not part of the changed one (hypothesis
+    found the old kernel extending the PROT_NONE VMA, so the new page killed its writer)."""
+    k, task = running("kaiser")
+    k.brk(task, START_BRK + PAGE)
+    k.mprotect(task, START_BRK, PAGE, prot)
+    assert k.brk(task, START_BRK + 2 * PAGE) == START_BRK + 2 * PAGE
+    k.user_store(task, START_BRK + PAGE, 7)
+    assert k.user_load(task, START_BRK + PAGE) == 7
+    with pytest.raises(TaskKilled):
+        k.user_store(task, START_BRK, 1)
+
+
 @pytest.mark.parametrize("split", ["mprotect the middle", "munmap the middle",
                                    "munmap the top"])
 def test_brk_after_the_heap_was_split(split):

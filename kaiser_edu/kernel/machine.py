@@ -407,8 +407,11 @@ class Kernel:
         elif new_brk > old:
             if any(v.start < new_brk and old < v.end for v in mm.vmas):
                 return old
-            # do_brk_flags(): extend the heap VMA that ends at the break, else add one.
-            heap = next((v for v in mm.vmas if v.name == "[heap]" and v.end == old), None)
+            # do_brk_flags() (mm/mmap.c): extend the VMA that ends at the break only if it
+            # can merge (can_vma_merge_after(): the same flags, so not one that mprotect()
+            # changed), else add a new one.
+            heap = next((v for v in mm.vmas if v.name == "[heap]" and v.end == old
+                         and v.prot == PROT_READ | PROT_WRITE), None)
             if heap is not None:
                 heap.end = new_brk
             else:
