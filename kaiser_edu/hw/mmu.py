@@ -284,6 +284,7 @@ class MMU:
         self._tlb = np.zeros((4, cfg.l1_entries + cfg.l2_entries), dtype=np.uint64)
         self._tstate = np.zeros(6, dtype=np.uint64)
         self._pcid_flush = np.zeros(4096, dtype=np.uint64)
+        self._recent = np.zeros(2 * k.RECENT_SLOTS, dtype=np.uint64)  # run_trace's filter (10)
         self._counters = np.zeros(k.N_COUNTERS, dtype=np.int64)
         self._dummy8 = np.zeros(1, dtype=np.uint8)
         self._dummy16 = np.zeros(1, dtype=np.uint16)
@@ -323,7 +324,7 @@ class MMU:
         done = k.run_trace(
             trace.op, trace.addr, trace.arg, self.mem.pool, self.mem.ht,
             np.uint64(self.mem.ht_bits), self.mem.direct, self._regs, self._tlb, self._geom, self._tstate,
-            self._pcid_flush, self._counters, *outs, record, stop_on_fault, repeat,
+            self._pcid_flush, self._recent, self._counters, *outs, record, stop_on_fault, repeat,
         )
         delta = dict(zip(COUNTER_NAMES, (int(c) for c in self._counters - before)))
         if record:

@@ -104,6 +104,7 @@ OUT_PF = 1
 OUT_GP = 2
 
 MEMO_SLOTS = 256  # run_trace's page -> L1-way memo (a power of two)
+RECENT_SLOTS = 512  # run_trace's recent-fill filter, per kind (non-global, global; a power of two)
 
 # Register file layout.
 R_CR0, R_CR3, R_CR4, R_EFER, R_PKRU, R_MAXPHY = 0, 1, 2, 3, 4, 5
@@ -227,9 +228,16 @@ def _memo_slot(vpn4, pcid):
     return (vpn4 ^ (vpn4 >> u64(8)) ^ (vpn4 >> u64(18)) ^ (pcid >> u64(4))) & u64(MEMO_SLOTS - 1)
 
 
+@njit(inline="always")
+def _recent_slot(vpn, size_code):
+    """The recent-fill filter's slot of a page of one size (run_trace's docstring, 10); add
+    RECENT_SLOTS for a global entry's."""
+    return (vpn ^ (vpn >> u64(9)) ^ (vpn >> u64(18)) ^ (size_code << u64(7))) & u64(RECENT_SLOTS - 1)
+
+
 @njit(cache=True)
 def run_trace(ops, addrs, args, pool, ht, ht_bits, direct, regs, tlb, geom, tstate,
-              pcid_flush, counters, out_outcome, out_error, out_pa, out_size, out_tlb, record,
+              pcid_flush, recent, counters, out_outcome, out_error, out_pa, out_size, out_tlb, record,
               stop_on_fault, repeat):
     """Execute a trace of ops ``repeat`` times against the MMU state; returns how many
     ops ran (with ``record``, the out_* arrays describe the last repetition).
@@ -314,6 +322,17 @@ def run_trace(ops, addrs, args, pool, ht, ht_bits, direct, regs, tlb, geom, tsta
        leave (1 for the next op, and the memo of 3): the entry is usable, the only one for
        its lookup (nothing is filled while one exists), and its set's most recently used
        way; the access just succeeded through it, with D set if it wrote.
+    10. *Recent-fill filter*. ``recent`` (MMU state, kept across calls) holds, per hash
+       slot of (page number at a size, size), the fill stamp of the latest walk that
+       filled such an entry, non-global entries in the first half and global ones in the
+       second. Every entry in the TLB has a stamp no later than its slot's (an L1 copy of an
+       L2 entry keeps the older stamp; invalidations only make entries unusable). An entry
+       is usable only if its stamp is above the flush threshold of its kind (``thr_ng``,
+       ``thr_g``), so when for every size that may be cached both slots of ``va`` are at or
+       below their thresholds, no way of either level can hit, and the general code skips
+       the search of both levels. This is the TLB miss right after a flush: PTI without
+       PCID flushes at every CR3 write, and the pages walked next had their entries
+       filled before it (their slots hold those older stamps).
     """
     n = ops.shape[0]
     cr0 = regs[R_CR0]
@@ -580,6 +599,8 @@ def run_trace(ops, addrs, args, pool, ht, ht_bits, direct, regs, tlb, geom, tsta
                             sizes_l1 |= U1
                             if n_fill == 2:
                                 sizes_l2 |= U1
+                                recent[_recent_slot(vpn4, U0)
+                                       + (u64(RECENT_SLOTS) if (tag & u64(8)) != U0 else U0)] = now  # 10
                             if (tag & u64(8)) != U0:
                                 gen += U1  # a global entry may now shadow a memoised one
                         prev_vpn = vpn4
@@ -644,8 +665,18 @@ def run_trace(ops, addrs, args, pool, ht, ht_bits, direct, regs, tlb, geom, tsta
                                     hit = r
                                     where = 1
                                     tlb[3, r] = clock
+                        # 10: may any usable entry translate va? Else neither level is searched
+                        cached = sizes_l1 | sizes_l2
+                        maybe = False
                         if hit == ~U0:
-                            if (sizes_l1 | sizes_l2) <= U1:
+                            for s in range(3):
+                                if (cached >> u64(s)) & U1 != U0:
+                                    h = _recent_slot(va >> u64(12 + 9 * s), u64(s))
+                                    if recent[h] > thr_ng or recent[h + u64(RECENT_SLOTS)] > thr_g:
+                                        maybe = True
+                                        break
+                        if maybe:
+                            if cached <= U1:
                                 # 4: only 4 KiB entries may be cached: one tag per set and level
                                 key_ng = (vpn4 << u64(16)) | (pcid << u64(4))
                                 key_g = (vpn4 << u64(16)) | u64(8)
@@ -878,6 +909,9 @@ def run_trace(ops, addrs, args, pool, ht, ht_bits, direct, regs, tlb, geom, tsta
                                 l1_victim = victim
                             else:
                                 sizes_l2 |= U1 << (tag & U3)
+                        if n_fill == 2:  # 10: a walk's fill (an L1 copy keeps an older stamp)
+                            recent[_recent_slot(tag >> u64(16), tag & U3)
+                                   + (u64(RECENT_SLOTS) if (tag & u64(8)) != U0 else U0)] = clock
                         if n_fill > 0 and (tag & u64(8)) != U0:
                             gen += U1  # a global entry may now shadow a memoised one
                         if n_fill > 0:  # 9: the new L1 entry, as an L1 hit on it would leave it
