@@ -55,6 +55,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+from process_helpers import stop
 
 pytestmark = pytest.mark.browser
 
@@ -219,12 +220,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory):
             time.sleep(0.25)
         yield app
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait(timeout=10)
+        stop(server)
 
 
 @pytest.fixture(scope="session")

@@ -16,6 +16,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from process_helpers import stop
 
 from kaiser_edu.cli import main
 from kaiser_edu.course import materials
@@ -246,12 +247,7 @@ def _serve_and_stop(server: subprocess.Popen, url: str) -> None:
                 assert time.monotonic() < deadline, "jupyter lab did not answer in 60 s"
                 time.sleep(0.5)
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
+        stop(server)
     names = {item["name"] for item in listing["content"]}
     assert "00_tour.ipynb" in names and "07_entry_exit_pti.ipynb" in names
     with pytest.raises(OSError):  # stopping the command stopped the server: no orphan
