@@ -194,6 +194,19 @@ def test_a_dead_kernel_names_the_cell_and_the_exercise(workdir):
            in result.stdout
 
 
+def test_a_dead_kernel_s_last_words_are_in_the_note_and_not_on_stderr(workdir):
+    """The kernel's own stderr goes to a file: what it wrote before dying is quoted in the
+    note; nothing of it reaches the terminal (ipykernel's shutdown noise would)."""
+    path = synthetic(
+        workdir / "dies_loudly.ipynb",
+        "import os\nos.write(2, b'segfault in libfoo\\n')\nos._exit(1)",
+        check_points=1,
+    )
+    result = kaiser_edu("check", path.name, cwd=workdir)
+    assert result.returncode == 1 and "segfault in libfoo" not in result.stderr
+    assert "its last words on stderr: segfault in libfoo" in result.stdout
+
+
 def test_notebook_without_checks_is_not_a_pass(workdir):
     result = kaiser_edu("check", str(synthetic(workdir / "plain.ipynb", "x = 1")), cwd=workdir)
     assert result.returncode == 1

@@ -153,6 +153,17 @@ def _first_line(cell: Any) -> str:
     return cell.source.strip().split("\n", 1)[0][:40]
 
 
+def _last_words(log: Any, lines: int = 3) -> str:
+    """The last lines a dead kernel wrote to its stderr, for the note ("" if none)."""
+    try:
+        log.seek(0)
+        text = log.read()[-4000:].decode("utf-8", "replace")
+    except OSError:
+        return ""
+    tail = [clean(line)[:120] for line in text.splitlines() if line.strip()][-lines:]
+    return f"; its last words on stderr: {' / '.join(tail)}" if tail else ""
+
+
 def run_checks(path: str | Path, timeout: float = 300) -> Report:
     """Execute a copy of the notebook at ``path`` and collect its check results."""
     from nbclient.exceptions import DeadKernelError
@@ -206,23 +217,27 @@ def run_checks(path: str | Path, timeout: float = 300) -> Report:
 
     env = {k: v for k, v in os.environ.items() if k != NBGRADER_ENV}  # checks must not raise
     env[REPORT_ENV] = report_file
-    try:
-        execute(nb, Path(path).resolve().parent, timeout=timeout, env=env, allow_errors=True,
-                on_cell_execute=on_cell_execute, on_cell_executed=on_cell_executed)
-    except DeadKernelError:
-        cell = nb.cells[running]
-        what = (f", the check of {md.nbgrader(cell).get('grade_id')}" if md.is_check(cell)
-                else "")
-        notes.append(f"the kernel died (the Python process running the notebook stopped) "
-                     f"while running cell {running + 1} ({_first_line(cell)!r}{what}); cells "
-                     "after it did not run")
-    except Exception as e:  # no kernel could start, or nbclient itself failed
-        raise CheckInputError(f"{path}: could not run the notebook: "
-                              f"{type(e).__name__}: {clean(str(e))}") from None
-    finally:
-        collect(running)  # what a cell wrote before the kernel died
-        with contextlib.suppress(OSError):
-            os.unlink(report_file)
+    # The kernel's own stderr goes to a file: shown only if the kernel dies (its last
+    # words), so ipykernel's shutdown noise never reaches the student's terminal.
+    with tempfile.TemporaryFile() as kernel_log:
+        try:
+            execute(nb, Path(path).resolve().parent, timeout=timeout, env=env, allow_errors=True,
+                    kernel_stderr=kernel_log, on_cell_execute=on_cell_execute,
+                    on_cell_executed=on_cell_executed)
+        except DeadKernelError:
+            cell = nb.cells[running]
+            what = (f", the check of {md.nbgrader(cell).get('grade_id')}" if md.is_check(cell)
+                    else "")
+            notes.append(f"the kernel died (the Python process running the notebook stopped) "
+                         f"while running cell {running + 1} ({_first_line(cell)!r}{what}); cells "
+                         f"after it did not run{_last_words(kernel_log)}")
+        except Exception as e:  # no kernel could start, or nbclient itself failed
+            raise CheckInputError(f"{path}: could not run the notebook: "
+                                  f"{type(e).__name__}: {clean(str(e))}") from None
+        finally:
+            collect(running)  # what a cell wrote before the kernel died
+            with contextlib.suppress(OSError):
+                os.unlink(report_file)
     report = _report(str(path), nb, results, timeout)
     report.cell_errors.extend(n for n in notes if n.startswith("the kernel died"))
     report.notes.extend(n for n in notes if not n.startswith("the kernel died"))

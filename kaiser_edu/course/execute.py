@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import zmq
 from ipykernel import kernelspec as ipykernel_spec
@@ -57,6 +57,7 @@ def execute(
     timeout: float = 600,
     env: Mapping[str, str] | None = None,
     allow_errors: bool = False,
+    kernel_stderr: IO[bytes] | int | None = None,
     **hooks: Callable[..., Any],
 ) -> NotebookNode:
     """Execute every code cell of ``nb`` in place and return it.
@@ -68,6 +69,11 @@ def execute(
     - ``env``: the kernel's whole environment (default: this process's).
     - ``allow_errors``: keep going after a cell raises (the error is stored as the cell's
       output); otherwise ``nbclient.exceptions.CellExecutionError`` is raised.
+    - ``kernel_stderr``: where the kernel process's own standard error goes (a file or
+      ``subprocess.DEVNULL``; default: this process's). What cells print to ``sys.stderr``
+      travels as cell output either way; this is the interpreter's own channel, where
+      ipykernel also logs, e.g. the "ZMQError: Socket operation on non-socket" traceback of
+      its shutdown race, which would otherwise land in the terminal of ``kaiser-edu check``.
     - ``hooks``: nbclient's hooks, e.g. ``on_cell_execute(cell=..., cell_index=...)`` before
       and ``on_cell_executed(cell=..., cell_index=..., execute_reply=...)`` after each code
       cell.
@@ -84,5 +90,5 @@ def execute(
         interrupt_on_timeout=True,
         **hooks,
     )
-    client.execute(env=dict(os.environ if env is None else env))
+    client.execute(env=dict(os.environ if env is None else env), stderr=kernel_stderr)
     return nb
