@@ -286,9 +286,6 @@ class MMU:
         self._pcid_flush = np.zeros(4096, dtype=np.uint64)
         self._recent = np.zeros(2 * k.RECENT_SLOTS, dtype=np.uint64)  # run_trace's filter (10)
         self._counters = np.zeros(k.N_COUNTERS, dtype=np.int64)
-        self._dummy8 = np.zeros(1, dtype=np.uint8)
-        self._dummy16 = np.zeros(1, dtype=np.uint16)
-        self._dummy64 = np.zeros(1, dtype=np.uint64)
 
     # --- state -----------------------------------------------------------------------------
     @property
@@ -318,13 +315,13 @@ class MMU:
         if record:
             outs = (np.zeros(n, np.uint8), np.zeros(n, np.uint16), np.zeros(n, np.uint64),
                     np.zeros(n, np.uint8), np.zeros(n, np.uint8))
-        else:
-            outs = (self._dummy8, self._dummy16, self._dummy64, self._dummy8, self._dummy8)
+        else:  # counters only: run_trace's compiled variant without the recording code
+            outs = (None, None, None, None, None)
         before = self._counters.copy()
         done = k.run_trace(
             trace.op, trace.addr, trace.arg, self.mem.pool, self.mem.ht,
             np.uint64(self.mem.ht_bits), self.mem.direct, self._regs, self._tlb, self._geom, self._tstate,
-            self._pcid_flush, self._recent, self._counters, *outs, record, stop_on_fault, repeat,
+            self._pcid_flush, self._recent, self._counters, *outs, stop_on_fault, repeat,
         )
         delta = dict(zip(COUNTER_NAMES, (int(c) for c in self._counters - before)))
         if record:

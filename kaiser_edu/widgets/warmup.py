@@ -25,13 +25,13 @@ import time
 from kaiser_edu.errors import KaiserEduError
 
 #: The first run on a computer (empty numba cache), in seconds: importing the simulator and
-#: compiling its kernel took 7.8 s of CPU time (8.1 s wall) in a fresh Python process with an
-#: empty ``NUMBA_CACHE_DIR`` on the course's 2-core reference machine (a virtualised Xeon),
-#: and 10.1-12.6 s of kernel CPU time as the first cell of each lesson in a fresh Jupyter
-#: kernel, so a 2-core laptop waits about 10 s, more while other programs keep it busy. Rerun:
+#: compiling both variants of its kernel (recording, counting: mmu_kernels.run_trace) took
+#: 26.5 s of CPU time (26.9 s wall) in a fresh Python process with an empty
+#: ``NUMBA_CACHE_DIR`` on the course's 2-core reference machine (a virtualised Xeon), so a
+#: 2-core laptop waits about 25 s, more while other programs keep it busy. Rerun:
 #: ``rm -rf /tmp/nc && NUMBA_CACHE_DIR=/tmp/nc python -c "from kaiser_edu.widgets import
 #: warm_up; warm_up()"``.
-FIRST_COMPILE_SECONDS = 10
+FIRST_COMPILE_SECONDS = 25
 #: A later start loads the kernel from numba's cache: 0.5 s on the same machine.
 CACHED_SECONDS = 1
 
