@@ -87,14 +87,22 @@ class TLBConfig:
         return self.l2_entries // self.l2_ways
 
 
+def _read_only(column: np.ndarray) -> np.ndarray:
+    view = column.view()
+    view.flags.writeable = False
+    return view
+
+
 class Trace:
     """A batch of operations: ``op`` (uint8 codes of :data:`OPS`), ``addr`` (uint64 address
     or value) and ``arg`` (uint16: CPL | AC<<2 for accesses; PCID | type<<12 for INVPCID)."""
 
     def __init__(self, op: np.ndarray, addr: np.ndarray, arg: np.ndarray):
-        self.op = np.ascontiguousarray(op, dtype=np.uint8)
-        self.addr = np.ascontiguousarray(addr, dtype=np.uint64)
-        self.arg = np.ascontiguousarray(arg, dtype=np.uint16)
+        # C-contiguous and writable, as the kernel is compiled for (numba types a read-only
+        # array as another type): a read-only column is copied.
+        self.op = np.require(op, dtype=np.uint8, requirements=("C", "W"))
+        self.addr = np.require(addr, dtype=np.uint64, requirements=("C", "W"))
+        self.arg = np.require(arg, dtype=np.uint16, requirements=("C", "W"))
         if not self.op.ndim == self.addr.ndim == self.arg.ndim == 1:
             raise KaiserEduError("trace columns must be one-dimensional arrays")
         if not len(self.op) == len(self.addr) == len(self.arg):
@@ -104,6 +112,8 @@ class Trace:
             )
         if len(self.op) and self.op.max() > max(OP_NAMES):
             raise KaiserEduError(f"unknown op code {int(self.op.max())}; known: {OP_NAMES}")
+        self.one_kind = False  # every op the same access (set by accesses() only)
+        self.kernel_columns = (self.op, self.addr, self.arg)  # what MMU.run passes
 
     def __len__(self) -> int:
         return len(self.op)
@@ -125,7 +135,15 @@ class Trace:
         arg = (cpl.astype(np.uint16) | (np.asarray(ac, dtype=np.uint16) << 2)) * np.ones(
             va.shape, dtype=np.uint16
         )
-        return cls(op, va, arg)
+        trace = cls(op, va, arg)
+        if isinstance(kind, str) and cpl.ndim == 0 and np.ndim(ac) == 0:
+            # One kind of access throughout: the MMU's same-page runs need not read the op
+            # and arg columns (a third of their memory traffic; run_trace's docstring). The
+            # columns were made here, and the public ones are read-only views, so the
+            # promise cannot go stale; the kernel gets the writable arrays behind them.
+            trace.one_kind = True
+            trace.op, trace.arg = _read_only(trace.op), _read_only(trace.arg)
+        return trace
 
     @classmethod
     def concat(cls, traces: list[Trace]) -> Trace:
@@ -319,9 +337,10 @@ class MMU:
             outs = (None, None, None, None, None)
         before = self._counters.copy()
         done = k.run_trace(
-            trace.op, trace.addr, trace.arg, self.mem.pool, self.mem.ht,
+            *trace.kernel_columns, self.mem.pool, self.mem.ht,
             np.uint64(self.mem.ht_bits), self.mem.direct, self._regs, self._tlb, self._geom, self._tstate,
             self._pcid_flush, self._recent, self._counters, *outs, stop_on_fault, repeat,
+            trace.one_kind,
         )
         delta = dict(zip(COUNTER_NAMES, (int(c) for c in self._counters - before)))
         if record:

@@ -238,7 +238,7 @@ def _recent_slot(vpn, size_code):
 @njit(cache=True)
 def run_trace(ops, addrs, args, pool, ht, ht_bits, direct, regs, tlb, geom, tstate,
               pcid_flush, recent, counters, out_outcome, out_error, out_pa, out_size, out_tlb,
-              stop_on_fault, repeat):
+              stop_on_fault, repeat, one_kind):
     """Execute a trace of ops ``repeat`` times against the MMU state; returns how many
     ops ran (when recording, the out_* arrays describe the last repetition).
 
@@ -253,7 +253,10 @@ def run_trace(ops, addrs, args, pool, ht, ht_bits, direct, regs, tlb, geom, tsta
     10% faster on system calls and on the hit trace (``kaiser-edu bench``), for a second
     compile the first time.
     ``pool``, ``ht`` and ``direct`` are :class:`~kaiser_edu.hw.physmem.PhysMem`'s frames,
-    hash table and direct pfn -> slot array.
+    hash table and direct pfn -> slot array. ``one_kind`` says that every op of the trace
+    is the same access (op and argument), as :meth:`~kaiser_edu.hw.mmu.Trace.accesses`
+    knows of the traces it builds with one kind, CPL and AC (whose columns it makes
+    read-only); 2 then need not read those columns.
 
     Every shortcut below gives the results, counters and state of the plain rules (the
     TLB probed L1 then L2, every size class, every entry's flush stamp checked; a walk
@@ -271,7 +274,8 @@ def run_trace(ops, addrs, args, pool, ht, ht_bits, direct, regs, tlb, geom, tsta
     2. *Same-page runs*. The same access (op, CPL, AC) to the same page, op after op, is
        consumed by a tight inner loop doing what 1. does for each: the clock advances by
        one per op, the counters by one L1 hit and one access per op, and only the
-       physical address (frame | offset) is computed. A page that stays the same keeps the
+       physical address (frame | offset) is computed. A ``one_kind`` trace has no other
+       access to cut at, so the op and arg columns are not read. A page that stays the same keeps the
        address canonical, and such a hit cannot fault.
     3. *Page -> way memo* (L1 hits). A direct-mapped memo from 4 KiB page to the L1 way
        that last translated it lets an L1 hit skip the set search. Its key is the page
@@ -433,9 +437,11 @@ def run_trace(ops, addrs, args, pool, ht, ht_bits, direct, regs, tlb, geom, tsta
                         end = i + 1
                         while end < n and (addrs[end] >> U12) == vpn4:
                             end += 1
-                        j = i + 1
-                        while j < end and ops[j] == op and args[j] == arg:
-                            j += 1
+                        j = end  # (one_kind: every op of the trace is this access)
+                        if not one_kind:
+                            j = i + 1
+                            while j < end and ops[j] == op and args[j] == arg:
+                                j += 1
                         if out_pa is not None:
                             for k in range(i, j):
                                 out_outcome[k] = OUT_OK
