@@ -235,6 +235,13 @@ def _recent_slot(vpn, size_code):
     return (vpn ^ (vpn >> u64(9)) ^ (vpn >> u64(18)) ^ (size_code << u64(7))) & u64(RECENT_SLOTS - 1)
 
 
+@njit(inline="always")
+def _recent_index(vpn, size_code, tag):
+    """The recent-fill filter's element for an entry filled with ``tag``, a page of one size:
+    its slot, in the global half if the tag's global bit is set."""
+    return _recent_slot(vpn, size_code) + (u64(RECENT_SLOTS) if (tag & u64(8)) != U0 else U0)
+
+
 @njit(cache=True)
 def run_trace(ops, addrs, args, pool, ht, ht_bits, direct, regs, tlb, geom, tstate,
               pcid_flush, recent, counters, out_outcome, out_error, out_pa, out_size, out_tlb,
@@ -610,8 +617,7 @@ def run_trace(ops, addrs, args, pool, ht, ht_bits, direct, regs, tlb, geom, tsta
                             sizes_l1 |= U1
                             if n_fill == 2:
                                 sizes_l2 |= U1
-                                recent[_recent_slot(vpn4, U0)
-                                       + (u64(RECENT_SLOTS) if (tag & u64(8)) != U0 else U0)] = now  # 10
+                                recent[_recent_index(vpn4, U0, tag)] = now  # 10
                             if (tag & u64(8)) != U0:
                                 gen += U1  # a global entry may now shadow a memoised one
                         prev_vpn = vpn4
@@ -921,8 +927,7 @@ def run_trace(ops, addrs, args, pool, ht, ht_bits, direct, regs, tlb, geom, tsta
                             else:
                                 sizes_l2 |= U1 << (tag & U3)
                         if n_fill == 2:  # 10: a walk's fill (an L1 copy keeps an older stamp)
-                            recent[_recent_slot(tag >> u64(16), tag & U3)
-                                   + (u64(RECENT_SLOTS) if (tag & u64(8)) != U0 else U0)] = clock
+                            recent[_recent_index(tag >> u64(16), tag & U3, tag)] = clock
                         if n_fill > 0 and (tag & u64(8)) != U0:
                             gen += U1  # a global entry may now shadow a memoised one
                         if n_fill > 0:  # 9: the new L1 entry, as an L1 hit on it would leave it
