@@ -11,9 +11,9 @@ median and the range of the per-round ratio B/A::
     NUMBA_CACHE_DIR=$PWD/.numba_cache python tools/kernel_ab.py /tmp/a.py /tmp/b.py
 
 Both files must keep the call convention of :meth:`kaiser_edu.hw.mmu.MMU.run`. Give them
-different names: numba's cache is kept per file. Workloads:
-- simulated system calls (isolation off, PTI with PCIDs, PTI without);
-- the bench's hit and random traces, counted and recorded.
+different names: numba's cache is kept per file. The workloads are the bench's own
+(:mod:`kaiser_edu.perf.bench`): its simulated system calls (isolation off, PTI with PCIDs,
+PTI without) and its hit and random traces on its machine, counted and recorded.
 """
 
 from __future__ import annotations
@@ -25,16 +25,9 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
-from kaiser_edu.hw import MMU, FrameAllocator, PageTables, PhysMem, Registers, Trace, bits
+from kaiser_edu.hw import Trace
 from kaiser_edu.hw import mmu as mmu_module
-from kaiser_edu.kernel import Kernel
-
-BASE = 0x7F00_0000_0000
-PAGES = 100_000
-SYSCALL_MODES = {"off": {"isolation": "off"}, "pcid": {"isolation": "pti"},
-                 "nopcid": {"isolation": "pti", "pcid": False}}
+from kaiser_edu.perf.bench import SYSCALL_MODES, Bench, syscall_ready
 
 
 def load(path: str):
@@ -48,43 +41,30 @@ def load(path: str):
 
 
 def syscalls(mode: str, n: int = 500_000):
-    """ns per simulated round trip through ``syscall_batch``."""
-    n //= 4 if mode == "nopcid" else 1
+    """ns per simulated round trip through ``syscall_batch``, booted as the bench does."""
+    n //= 4 if mode == "pti_nopcid" else 1
 
     def run() -> float:
-        kernel = Kernel(seed=20180103, **SYSCALL_MODES[mode])
-        task = kernel.spawn("ab")
-        kernel.switch_to(task)
-        kernel.syscall(task)
+        kernel, task = syscall_ready(mode)
         start = time.process_time()
         kernel.entry.syscall_batch(task, n)
         return (time.process_time() - start) / n * 1e9
     return run
 
 
-def traces() -> dict:
-    """The hit and random traces of ``kaiser-edu bench`` on a 1e5-page machine."""
-    mem = PhysMem()
-    alloc = FrameAllocator(mem)
-    tables = PageTables(mem, alloc)
-    tables.map_range(BASE, alloc.alloc_contig(PAGES), PAGES, flags=bits.PAGE_SHARED)
-    regs = Registers.long_mode(cr3=tables.cr3())
-    rng = np.random.default_rng(1)
-    random_va = np.uint64(BASE) + (rng.integers(0, PAGES, 1_000_000, dtype=np.uint64)
-                                   << np.uint64(12))
-    hit_va = np.uint64(BASE) + np.arange(10_000_000, dtype=np.uint64) * np.uint64(8)
-
-    def timed(va: np.ndarray, record: bool):
+def traces(bench: Bench) -> dict:
+    """The bench's hit and random traces on its machine, counted and recorded."""
+    def timed(va, record: bool):
         trace = Trace.accesses(va, "read", cpl=3)
 
         def run() -> float:
-            mmu = MMU(mem, regs)
+            mmu = bench.new_mmu()
             start = time.process_time()
             mmu.run(trace, record=record)
             return (time.process_time() - start) / len(trace) * 1e9
         return run
-    return {"random": timed(random_va, False), "hit": timed(hit_va, False),
-            "random_rec": timed(random_va, True), "hit_rec": timed(hit_va, True)}
+    return {"random": timed(bench.random_va, False), "hit": timed(bench.hit_va, False),
+            "random_rec": timed(bench.random_va, True), "hit_rec": timed(bench.hit_va, True)}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -97,7 +77,7 @@ def main(argv: list[str] | None = None) -> None:
     if Path(args.a).stem == Path(args.b).stem:
         parser.error("give the two files different names (numba caches per file)")
     variants = [load(args.a), load(args.b)]
-    workloads = {mode: syscalls(mode) for mode in SYSCALL_MODES} | traces()
+    workloads = {mode: syscalls(mode) for mode in SYSCALL_MODES} | traces(Bench())
     if args.only:
         unknown = set(args.only.split(",")) - set(workloads)
         if unknown:

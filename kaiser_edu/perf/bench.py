@@ -442,6 +442,23 @@ class Target:
         return v <= self.limit if self.at_most else v >= self.limit
 
 
+#: The kernel configurations whose system calls are timed (also tools/kernel_ab.py's).
+SYSCALL_MODES = {"off": {"isolation": "off"}, "pti_pcid": {"isolation": "pti"},
+                 "pti_nopcid": {"isolation": "pti", "pcid": False}}
+
+
+def syscall_ready(mode: str) -> tuple:
+    """(kernel, task) booted in ``mode`` of :data:`SYSCALL_MODES`, the task running and one
+    system call made (it faults the user text page in), ready for ``syscall_batch``."""
+    from kaiser_edu.kernel import Kernel
+
+    kernel = Kernel(seed=SEED, **SYSCALL_MODES[mode])
+    task = kernel.spawn("bench")
+    kernel.switch_to(task)
+    kernel.syscall(task)
+    return kernel, task
+
+
 @measurement
 def syscalls(bench: Bench) -> str:
     """Simulated system-call round trips per second on the simulated kernel (entry, 8
@@ -450,20 +467,13 @@ def syscalls(bench: Bench) -> str:
     CR3, the CR3 switches, the pushes of pt_regs, do_syscall_64's accesses, the exit through
     the entry stack and the first user instruction. Without PCID every CR3 write flushes the
     TLB, so each round trip walks again: the cost KPTI was measured to have."""
-    from kaiser_edu.kernel import Kernel
-
     parts = []
-    for name, options in (("off", {"isolation": "off"}), ("pti_pcid", {"isolation": "pti"}),
-                          ("pti_nopcid", {"isolation": "pti", "pcid": False})):
+    for name in SYSCALL_MODES:
         n = bench.size(SYSCALLS // (4 if name == "pti_nopcid" else 1))
         counters: dict[str, int] = {}
 
-        def booted(options: dict = options) -> tuple:
-            kernel = Kernel(seed=SEED, **options)
-            task = kernel.spawn("bench")
-            kernel.switch_to(task)
-            kernel.syscall(task)  # faults the user text page in
-            return kernel, task
+        def booted(name: str = name) -> tuple:
+            return syscall_ready(name)
 
         def batch(kernel, task, n: int = n, counters: dict = counters) -> None:
             counters.update(kernel.entry.syscall_batch(task, n))
